@@ -1,0 +1,87 @@
+"""The ``dnntool`` command: a lazily loaded click group of thin commands over the library.
+
+Exit status: 0 success; 1 failure (bad input, threshold exceeded); 2 usage error; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from dnntool import __version__
+
+# command name -> "module:attribute"; modules are imported only when their command runs (or --help).
+COMMANDS: dict[str, str] = {
+    "demo": "dnntool.cli.demo:cli",
+    "flops": "dnntool.cli.flops:cli",
+    "param-count": "dnntool.cli.param_count:cli",
+    "upgrade-net": "dnntool.cli.upgrade_net:cli",
+}
+
+
+class LazyGroup(click.Group):
+    """click's lazy-loading group (click docs, "Lazily Loading Subcommands") + one error boundary."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def invoke(self, ctx: click.Context):
+        from dnntool.errors import DnnToolError
+
+        debug = bool(ctx.params.get("debug")) or os.environ.get("DNNTOOL_DEBUG") == "1"
+        try:
+            return super().invoke(ctx)
+        except DnnToolError as e:
+            if debug:
+                raise
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as e:  # a bug: one line unless --debug
+            if debug:
+                raise
+            click.echo(
+                f"Error: internal error {type(e).__name__}: {' '.join(str(e).split())}"
+                " (run with --debug for the traceback)", err=True,
+            )
+            ctx.exit(1)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="dnntool")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors (or set DNNTOOL_DEBUG=1).")
+def cli(debug: bool) -> None:
+    """Caffe-style deep-learning utilities: prototxt, caffemodel and LMDB tools, cost reports.
+
+    \b
+    Examples:
+      dnntool demo
+      dnntool param-count deploy.prototxt --max 5M
+      dnntool flops deploy.prototxt --input-shape data=1,3,224,224 --format markdown
+    """
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli.main(prog_name="dnntool", standalone_mode=True)
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

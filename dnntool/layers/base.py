@@ -1,0 +1,177 @@
+"""The layer contract: one LayerDef subclass per Caffe layer type, plus family base classes.
+
+A LayerDef is instantiated once per layer of a net with its LayerParameter. It reads and checks its
+``*_param`` in :meth:`setup`, infers top shapes from bottom shapes, lists its parameter blobs in
+Caffe's order and counts its cost. Shapes are tuples of ints, as Caffe's ``Blob::shape()``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from dnntool.errors import NetError, ShapeError, SourceLoc
+from dnntool.proto import caffe_pb2
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ParamBlob:
+    """One parameter blob of a layer: its shape, role name and whether the solver learns it.
+
+    ``learnable=False`` marks stored blobs that are not trained by the solver (BatchNorm's running
+    mean, variance and scale factor): they are reported apart from learnable parameters.
+    """
+
+    shape: Shape
+    role: str = "weights"
+    learnable: bool = True
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Cost of one forward pass of a layer for the whole batch.
+
+    ``macs``: multiply-accumulates (netscope's convention: Convolution, Deconvolution, InnerProduct,
+    Scale, LRN, Eltwise PROD...). ``flops``: floating-point operations, 2 per MAC plus one per
+    element of element-wise work (additions, comparisons, exp...). See docs in ``dnntool flops --help``.
+    """
+
+    macs: int = 0
+    flops: int = 0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.macs + other.macs, self.flops + other.flops)
+
+
+@dataclass
+class BuildContext:
+    """What a layer may need beyond its own parameters while a net is built."""
+
+    phase: int = caffe_pb2.TEST
+    input_shapes: Mapping[str, Shape] = field(default_factory=dict)
+    net_path: str | None = None  # the prototxt, to resolve relative data sources
+    used_input_shapes: set[str] = field(default_factory=set)
+
+    def input_shape(self, top: str) -> Shape | None:
+        """A user-given shape for a data layer's top (``--input-shape top=...``), if any."""
+        if top in self.input_shapes:
+            self.used_input_shapes.add(top)
+            return tuple(self.input_shapes[top])
+        if "" in self.input_shapes and "" not in self.used_input_shapes:
+            self.used_input_shapes.add("")  # a bare N,C,H,W: the first input asked for
+            return tuple(self.input_shapes[""])
+        return None
+
+
+def count(shape: Sequence[int]) -> int:
+    """Number of elements of a shape."""
+    return math.prod(shape)
+
+
+def count_range(shape: Sequence[int], start: int, end: int | None = None) -> int:
+    """Product of ``shape[start:end]`` (Caffe's ``Blob::count(start, end)``)."""
+    return math.prod(shape[start:end])
+
+
+class LayerDef:
+    """Base of every layer type. Subclasses set the class attributes and override the methods."""
+
+    type: ClassVar[str] = ""
+    #: netscope colour family: data, conv, pool, activation, norm, ip, merge, reshape, loss, detection, other
+    family: ClassVar[str] = "other"
+    #: (min, max) number of bottoms and tops; max None means unbounded.
+    bottoms: ClassVar[tuple[int, int | None]] = (1, 1)
+    tops: ClassVar[tuple[int, int | None]] = (1, 1)
+    #: loss layers get loss_weight 1 on their first top by default (Caffe's SetLossWeights).
+    is_loss: ClassVar[bool] = False
+    #: data layers produce the net's inputs (no bottoms; their tops become graph inputs).
+    is_data: ClassVar[bool] = False
+    #: layers that may run in place (top == bottom), which netscope folds into their producer.
+    inplace: ClassVar[bool] = False
+
+    def __init__(self, lp: caffe_pb2.LayerParameter, ctx: BuildContext, loc: SourceLoc | None = None):
+        self.lp = lp
+        self.name = lp.name
+        self.ctx = ctx
+        self.loc = loc
+        self.setup()
+
+    # -- the contract ------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Read and validate ``self.lp``'s parameters (raise ``self.error``)."""
+
+    def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
+        """Top shapes from bottom shapes."""
+        raise NotImplementedError(f"{type(self).__name__}.infer_shapes")
+
+    def param_shapes(self, bottoms: list[Shape]) -> list[ParamBlob]:
+        """Parameter blobs in Caffe's order (e.g. weights then bias)."""
+        return []
+
+    def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
+        """MACs and FLOPs of one forward pass over the batch."""
+        return Cost()
+
+    def summary(self) -> str:
+        """Key parameters in a few characters, e.g. ``3x3 s2 p1, 256`` (netscope node label)."""
+        return ""
+
+    # -- helpers -----------------------------------------------------------------------------
+    def error(self, message: str, cls: type[NetError] = NetError) -> NetError:
+        """An error naming this layer, its type and where it was defined."""
+        return cls(f"layer '{self.name}' ({self.lp.type}): {message}", self.loc, layer=self.name)
+
+    def shape_error(self, message: str) -> ShapeError:
+        return self.error(message, ShapeError)  # type: ignore[return-value]
+
+    def canonical_axis(self, axis: int, ndim: int, what: str = "axis") -> int:
+        """Caffe's ``CanonicalAxisIndex``: negative axes count from the end."""
+        if not -ndim <= axis < ndim:
+            raise self.shape_error(f"{what} {axis} is out of range for a {ndim}-D bottom")
+        return axis + ndim if axis < 0 else axis
+
+    def phase_is_train(self) -> bool:
+        return self.ctx.phase == caffe_pb2.TRAIN
+
+
+class Elementwise(LayerDef):
+    """One bottom, one top of the same shape; ``flops_per_element`` operations per value."""
+
+    family = "activation"
+    inplace = True
+    flops_per_element: ClassVar[int] = 1
+
+    def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
+        return [bottoms[0]]
+
+    def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
+        return Cost(0, self.flops_per_element * count(tops[0]))
+
+
+class LossLayer(LayerDef):
+    """A loss: two or more bottoms (prediction, label...), a scalar top weighted 1 by default."""
+
+    family = "loss"
+    is_loss = True
+    bottoms = (2, 2)
+    tops = (1, 1)
+
+    def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
+        return [()]
+
+
+class DataLayer(LayerDef):
+    """A layer that produces the net's inputs; ``--input-shape`` overrides what it would read."""
+
+    family = "data"
+    is_data = True
+    bottoms = (0, 0)
+    tops = (1, None)

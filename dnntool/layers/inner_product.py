@@ -1,0 +1,76 @@
+"""InnerProduct (fully connected, with ``axis`` and ``transpose``) and Embed."""
+
+from __future__ import annotations
+
+from dnntool.layers.base import Cost, LayerDef, ParamBlob, Shape, count, count_range
+from dnntool.layers.registry import register_layer
+
+
+@register_layer("InnerProduct")
+class InnerProduct(LayerDef):
+    """y = x W^T + b with x flattened from ``axis``: (M, K) x (K, N); weights (N, K), or (K, N) if transpose."""
+
+    family = "ip"
+
+    def setup(self) -> None:
+        p = self.lp.inner_product_param
+        if not p.HasField("num_output") or p.num_output == 0:
+            raise self.error("inner_product_param.num_output must be set and > 0")
+        self.num_output = p.num_output
+
+    def split(self, b: Shape) -> tuple[int, int]:
+        """(M, K): outer count before ``axis`` and inner count from it."""
+        ax = self.canonical_axis(self.lp.inner_product_param.axis, len(b))
+        return count_range(b, 0, ax), count_range(b, ax)
+
+    def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
+        b = bottoms[0]
+        ax = self.canonical_axis(self.lp.inner_product_param.axis, len(b))
+        return [(*b[:ax], self.num_output)]
+
+    def param_shapes(self, bottoms: list[Shape]) -> list[ParamBlob]:
+        _, k = self.split(bottoms[0])
+        p = self.lp.inner_product_param
+        w = (k, self.num_output) if p.transpose else (self.num_output, k)
+        blobs = [ParamBlob(w, "weights")]
+        if p.bias_term:
+            blobs.append(ParamBlob((self.num_output,), "bias"))
+        return blobs
+
+    def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
+        m, k = self.split(bottoms[0])
+        macs = m * k * self.num_output
+        bias = m * self.num_output if self.lp.inner_product_param.bias_term else 0
+        return Cost(macs, 2 * macs + bias)
+
+    def summary(self) -> str:
+        return str(self.num_output)
+
+
+@register_layer("Embed")
+class Embed(LayerDef):
+    """Looks up rows of a (input_dim, num_output) table by integer index; top = bottom shape + (num_output,)."""
+
+    family = "ip"
+
+    def setup(self) -> None:
+        p = self.lp.embed_param
+        if not p.num_output or not p.input_dim:
+            raise self.error("embed_param.num_output and input_dim must be set and > 0")
+
+    def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
+        return [(*bottoms[0], self.lp.embed_param.num_output)]
+
+    def param_shapes(self, bottoms: list[Shape]) -> list[ParamBlob]:
+        p = self.lp.embed_param
+        blobs = [ParamBlob((p.input_dim, p.num_output), "weights")]
+        if p.bias_term:
+            blobs.append(ParamBlob((p.num_output,), "bias"))
+        return blobs
+
+    def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
+        return Cost(0, count(tops[0]) if self.lp.embed_param.bias_term else 0)
+
+    def summary(self) -> str:
+        p = self.lp.embed_param
+        return f"{p.input_dim} -> {p.num_output}"

@@ -1,0 +1,128 @@
+"""Pooling (MAX/AVE/STOCHASTIC, global, Caffe's ceil rounding) and SPP."""
+
+from __future__ import annotations
+
+from dnntool.layers.arith import pool_out
+from dnntool.layers.base import Cost, LayerDef, Shape, count
+from dnntool.layers.registry import register_layer
+from dnntool.proto import caffe_pb2
+
+PP = caffe_pb2.PoolingParameter
+_POOL_NAMES = {PP.MAX: "MAX", PP.AVE: "AVE", PP.STOCHASTIC: "STOCHASTIC"}
+
+
+def _hw(p, field: str, default: int, layer: LayerDef) -> tuple[int, int]:
+    fh, fw = f"{field}_h", f"{field}_w"
+    if field == "kernel":
+        field = "kernel_size"
+    has_hw = p.HasField(fh) or p.HasField(fw)
+    if has_hw:
+        if p.HasField(field):
+            raise layer.error(f"give either {field} or {fh}/{fw}, not both")
+        if not (p.HasField(fh) and p.HasField(fw)):
+            raise layer.error(f"{fh} and {fw} must be given together")
+        return getattr(p, fh), getattr(p, fw)
+    v = getattr(p, field) if p.HasField(field) else default
+    return v, v
+
+
+@register_layer("Pooling")
+class Pooling(LayerDef):
+    """Pools H x W windows; out = ceil((H + 2p - k) / s) + 1, clipped so the last window starts in the image."""
+
+    family = "pool"
+
+    def setup(self) -> None:
+        p = self.lp.pooling_param
+        self.pool = p.pool
+        self.global_ = p.global_pooling
+        self.pad = _hw(p, "pad", 0, self)
+        self.stride = _hw(p, "stride", 1, self)
+        if not self.global_:
+            has_k = p.HasField("kernel_size") or p.HasField("kernel_h") or p.HasField("kernel_w")
+            if not has_k:
+                raise self.error("kernel_size (or kernel_h/kernel_w) is required unless global_pooling")
+            self.kernel = _hw(p, "kernel", 0, self)
+            if min(self.kernel) <= 0:
+                raise self.error(f"kernel must be > 0, got {self.kernel}")
+        elif p.HasField("kernel_size") or p.HasField("kernel_h"):
+            raise self.error("with global_pooling the kernel size cannot be specified")
+        if min(self.stride) <= 0:
+            raise self.error(f"stride must be > 0, got {self.stride}")
+        if any(self.pad) and self.pool not in (PP.MAX, PP.AVE):
+            raise self.error("padding is implemented only for MAX and AVE pooling")
+        self.ceil = self._ceil_mode(p)
+
+    @staticmethod
+    def _ceil_mode(p) -> bool:
+        """BVLC's ``round_mode`` (CEIL default) or the forks' ``ceil_mode: false``."""
+        fields = p.DESCRIPTOR.fields_by_name
+        if "ceil_mode" in fields and p.HasField("ceil_mode"):
+            return bool(p.ceil_mode)
+        if "round_mode" in fields and p.HasField("round_mode"):
+            return p.round_mode == PP.CEIL
+        return True
+
+    def window(self, bottom: Shape) -> tuple[int, int]:
+        return (bottom[2], bottom[3]) if self.global_ else self.kernel
+
+    def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
+        b = bottoms[0]
+        if len(b) != 4:
+            raise self.shape_error(f"expects a 4-D bottom (N,C,H,W), got {list(b)}")
+        kh, kw = self.window(b)
+        ph, pw = self.pad
+        if self.global_:
+            out = (1, 1)
+        else:
+            if ph >= kh or pw >= kw:
+                raise self.error(f"pad {self.pad} must be smaller than kernel {self.kernel}")
+            if b[2] + 2 * ph < kh or b[3] + 2 * pw < kw:
+                raise self.shape_error(f"kernel {kh}x{kw} > padded input {b[2] + 2 * ph}x{b[3] + 2 * pw}")
+            out = (pool_out(b[2], kh, ph, self.stride[0], self.ceil),
+                   pool_out(b[3], kw, pw, self.stride[1], self.ceil))
+        top = (b[0], b[1], *out)
+        if len(self.lp.top) > 1 and self.pool != PP.MAX:
+            raise self.error("only MAX pooling has a second (mask) top")
+        return [top, top]
+
+    def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
+        kh, kw = self.window(bottoms[0])
+        n = count(tops[0])
+        return Cost(0, n * kh * kw + (n if self.pool == PP.AVE else 0))
+
+    def summary(self) -> str:
+        name = _POOL_NAMES.get(self.pool, str(self.pool))
+        if self.global_:
+            return f"{name} global"
+        k = f"{self.kernel[0]}x{self.kernel[1]}"
+        s = f" s{self.stride[0]}" if self.stride[0] == self.stride[1] else f" s{self.stride[0]}x{self.stride[1]}"
+        p = f" p{self.pad[0]}" if any(self.pad) else ""
+        return f"{name} {k}{s}{p}" + ("" if self.ceil else " floor")
+
+
+@register_layer("SPP")
+class SPP(LayerDef):
+    """Spatial pyramid pooling: levels l < pyramid_height pool into 2^l x 2^l bins, flattened and concatenated."""
+
+    family = "pool"
+
+    def setup(self) -> None:
+        self.height = self.lp.spp_param.pyramid_height
+        if self.height < 1:
+            raise self.error("spp_param.pyramid_height must be >= 1")
+
+    def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
+        b = bottoms[0]
+        if len(b) != 4:
+            raise self.shape_error(f"expects a 4-D bottom (N,C,H,W), got {list(b)}")
+        if self.height == 1:
+            return [(b[0], b[1], 1, 1)]
+        bins = sum(4**level for level in range(self.height))
+        return [(b[0], b[1] * bins)]
+
+    def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
+        return Cost(0, count(bottoms[0]) * self.height)
+
+    def summary(self) -> str:
+        return f"{self.height} levels"

@@ -1,0 +1,302 @@
+"""Shape and wiring layers: Concat, Slice, Split, Flatten, Reshape, Crop, Permute, Tile, Eltwise,
+Reduction, ArgMax, Silence, Parameter. They move data; only Eltwise, Reduction and ArgMax compute."""
+
+from __future__ import annotations
+
+import math
+
+from dnntool.layers.base import Cost, LayerDef, ParamBlob, Shape, count
+from dnntool.layers.registry import register_layer
+from dnntool.proto import caffe_pb2
+
+
+def _legacy_axis(param, legacy_field: str) -> int:
+    """``axis``, or the pre-2015 ``concat_dim``/``slice_dim`` when that is what the file sets."""
+    if param.HasField(legacy_field) and not param.HasField("axis"):
+        return getattr(param, legacy_field)
+    return param.axis
+
+
+@register_layer("Concat")
+class Concat(LayerDef):
+    """Joins bottoms along ``axis`` (1); every other axis must agree."""
+
+    family = "merge"
+    bottoms = (1, None)
+
+    def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
+        b0 = bottoms[0]
+        ax = self.canonical_axis(_legacy_axis(self.lp.concat_param, "concat_dim"), len(b0))
+        total = 0
+        for i, b in enumerate(bottoms):
+            if len(b) != len(b0) or any(b[j] != b0[j] for j in range(len(b0)) if j != ax):
+                raise self.shape_error(
+                    f"bottom {i} {list(b)} does not match bottom 0 {list(b0)} outside axis {ax}"
+                )
+            total += b[ax]
+        return [(*b0[:ax], total, *b0[ax + 1:])]
+
+
+@register_layer("Slice")
+class Slice(LayerDef):
+    """Splits the bottom along ``axis`` at ``slice_point``s (half-open ranges), or into equal parts."""
+
+    family = "merge"
+    tops = (1, None)
+
+    def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
+        b = bottoms[0]
+        p = self.lp.slice_param
+        ax = self.canonical_axis(_legacy_axis(p, "slice_dim"), len(b))
+        n = len(self.lp.top)
+        points = list(p.slice_point)
+        if points:
+            if len(points) != n - 1:
+                raise self.error(f"{len(points)} slice_point(s) need {len(points) + 1} tops, got {n}")
+            edges = [0, *points, b[ax]]
+            if any(edges[i] >= edges[i + 1] for i in range(len(edges) - 1)):
+                raise self.shape_error(f"slice points {points} must increase strictly within axis size {b[ax]}")
+            sizes = [edges[i + 1] - edges[i] for i in range(n)]
+        else:
+            if b[ax] % n:
+                raise self.shape_error(f"axis {ax} of size {b[ax]} cannot be split into {n} equal tops")
+            sizes = [b[ax] // n] * n
+        return [(*b[:ax], s, *b[ax + 1:]) for s in sizes]
+
+
+@register_layer("Split")
+class Split(LayerDef):
+    """Copies the bottom to every top (Caffe inserts these where a blob feeds several layers)."""
+
+    family = "merge"
+    tops = (1, None)
+
+    def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
+        return [bottoms[0]] * len(self.lp.top)
+
+
+@register_layer("Flatten")
+class Flatten(LayerDef):
+    """Merges axes ``axis``..``end_axis`` (1..-1) into one."""
+
+    family = "reshape"
+
+    def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
+        b = bottoms[0]
+        p = self.lp.flatten_param
+        a = self.canonical_axis(p.axis, len(b))
+        e = self.canonical_axis(p.end_axis, len(b), "end_axis")
+        if e < a:
+            raise self.error(f"end_axis {p.end_axis} comes before axis {p.axis}")
+        return [(*b[:a], math.prod(b[a:e + 1]), *b[e + 1:])]
+
+
+@register_layer("Reshape")
+class Reshape(LayerDef):
+    """Replaces axes [axis, axis+num_axes) by ``shape``: 0 copies the bottom's dim, -1 is inferred."""
+
+    family = "reshape"
+
+    def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
+        b = bottoms[0]
+        p = self.lp.reshape_param
+        dims = list(p.shape.dim)
+        nd = len(b)
+        start = p.axis if p.axis >= 0 else nd + p.axis + 1
+        if not 0 <= start <= nd:
+            raise self.shape_error(f"axis {p.axis} is out of range for a {nd}-D bottom")
+        if p.num_axes < -1:
+            raise self.error(f"num_axes must be >= -1, got {p.num_axes}")
+        end = nd if p.num_axes == -1 else start + p.num_axes
+        if end > nd:
+            raise self.shape_error(f"axis {p.axis} + num_axes {p.num_axes} exceeds the bottom's {nd} axes")
+        if sum(d == -1 for d in dims) > 1:
+            raise self.error("at most one dimension can be -1 (inferred)")
+        new = []
+        for i, d in enumerate(dims):
+            if d == 0:
+                if start + i >= end:
+                    raise self.shape_error(f"dim {i} is 0 (copy) but the bottom has no axis {start + i} to copy")
+                new.append(b[start + i])
+            elif d < -1:
+                raise self.error(f"invalid dimension {d}")
+            else:
+                new.append(d)
+        top = [*b[:start], *new, *b[end:]]
+        if -1 in top:
+            known = math.prod(d for d in top if d != -1)
+            if known == 0 or count(b) % known:
+                raise self.shape_error(f"cannot infer the -1 dimension: {count(b)} values into {dims}")
+            top[top.index(-1)] = count(b) // known
+        if count(top) != count(b):
+            raise self.shape_error(f"shape {top} holds {count(top)} values but the bottom {list(b)} has {count(b)}")
+        return [tuple(top)]
+
+    def summary(self) -> str:
+        return "x".join(str(d) for d in self.lp.reshape_param.shape.dim)
+
+
+@register_layer("Crop")
+class Crop(LayerDef):
+    """Crops bottom 0 to bottom 1's size from ``axis`` (2) on, at ``offset``s (one, or one per axis)."""
+
+    family = "reshape"
+    bottoms = (2, 2)
+
+    def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
+        a, ref = bottoms
+        if len(a) != len(ref):
+            raise self.shape_error(f"bottoms {list(a)} and {list(ref)} must have the same number of axes")
+        p = self.lp.crop_param
+        ax = self.canonical_axis(p.axis, len(a))
+        n = len(a) - ax
+        offs = list(p.offset)
+        if len(offs) not in (0, 1, n):
+            raise self.error(f"give 0, 1 or {n} offsets, got {len(offs)}")
+        offs = [0] * n if not offs else (offs * n if len(offs) == 1 else offs)
+        top = list(a[:ax])
+        for i in range(n):
+            if a[ax + i] < ref[ax + i] + offs[i]:
+                raise self.shape_error(
+                    f"crop of size {ref[ax + i]} at offset {offs[i]} exceeds axis {ax + i} of size {a[ax + i]}"
+                )
+            top.append(ref[ax + i])
+        return [tuple(top)]
+
+
+@register_layer("Permute")
+class Permute(LayerDef):
+    """SSD's transpose: top axis i is bottom axis order[i]; unlisted axes follow in their order."""
+
+    family = "reshape"
+
+    def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
+        b = bottoms[0]
+        order = list(self.lp.permute_param.order)
+        if any(not 0 <= o < len(b) for o in order) or len(set(order)) != len(order):
+            raise self.shape_error(f"order {order} is not a permutation of the {len(b)} axes of {list(b)}")
+        order += [i for i in range(len(b)) if i not in order]
+        return [tuple(b[o] for o in order)]
+
+    def summary(self) -> str:
+        return ",".join(map(str, self.lp.permute_param.order))
+
+
+@register_layer("Tile")
+class Tile(LayerDef):
+    """Repeats the bottom ``tiles`` times along ``axis``."""
+
+    family = "reshape"
+
+    def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
+        b = bottoms[0]
+        p = self.lp.tile_param
+        if p.tiles < 1:
+            raise self.error("tile_param.tiles must be >= 1")
+        ax = self.canonical_axis(p.axis, len(b))
+        return [(*b[:ax], b[ax] * p.tiles, *b[ax + 1:])]
+
+
+@register_layer("Eltwise")
+class Eltwise(LayerDef):
+    """Element-wise SUM (with optional coefficients), PROD or MAX of bottoms of one shape."""
+
+    family = "merge"
+    bottoms = (2, None)
+
+    def setup(self) -> None:
+        p = self.lp.eltwise_param
+        n = len(self.lp.bottom)
+        if p.coeff and (p.operation != caffe_pb2.EltwiseParameter.SUM):
+            raise self.error("coefficients are supported only for the SUM operation")
+        if p.coeff and len(p.coeff) != n:
+            raise self.error(f"{len(p.coeff)} coefficients for {n} bottoms")
+
+    def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
+        for i, b in enumerate(bottoms[1:], 1):
+            if b != bottoms[0]:
+                raise self.shape_error(f"bottom {i} {list(b)} differs from bottom 0 {list(bottoms[0])}")
+        return [bottoms[0]]
+
+    def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
+        p = self.lp.eltwise_param
+        n, k = count(tops[0]), len(bottoms)
+        if p.operation == caffe_pb2.EltwiseParameter.PROD:
+            return Cost(n * (k - 1), n * (k - 1))
+        coeff = n * k if p.coeff and any(c != 1 for c in p.coeff) else 0
+        return Cost(0, n * (k - 1) + coeff)
+
+    def summary(self) -> str:
+        p = self.lp.eltwise_param
+        op = caffe_pb2.EltwiseParameter.EltwiseOp.Name(p.operation)
+        return op + (" " + ",".join(f"{c:g}" for c in p.coeff) if p.coeff else "")
+
+
+@register_layer("Reduction")
+class Reduction(LayerDef):
+    """SUM, ASUM, SUMSQ or MEAN over all axes from ``axis`` (0), times ``coeff``."""
+
+    family = "reshape"
+
+    def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
+        b = bottoms[0]
+        ax = self.canonical_axis(self.lp.reduction_param.axis, len(b))
+        return [tuple(b[:ax])]
+
+    def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
+        sq = self.lp.reduction_param.operation == caffe_pb2.ReductionParameter.SUMSQ
+        return Cost(count(bottoms[0]) if sq else 0, count(bottoms[0]) * (2 if sq else 1))
+
+
+@register_layer("ArgMax")
+class ArgMax(LayerDef):
+    """Indices (and with out_max_val, values) of the top_k maxima per sample, or along ``axis``."""
+
+    family = "reshape"
+
+    def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
+        b = bottoms[0]
+        p = self.lp.argmax_param
+        if p.top_k < 1:
+            raise self.error("top_k must be >= 1")
+        if p.HasField("axis"):
+            ax = self.canonical_axis(p.axis, len(b))
+            if p.top_k > b[ax]:
+                raise self.shape_error(f"top_k {p.top_k} exceeds axis {ax} of size {b[ax]}")
+            shape = list(b)
+            shape[ax] = p.top_k
+            return [tuple(shape)]
+        if p.top_k > count(b) // b[0]:
+            raise self.shape_error(f"top_k {p.top_k} exceeds the {count(b) // b[0]} values per sample")
+        shape = [1] * max(3, len(b))
+        shape[0], shape[2] = b[0], p.top_k
+        if p.out_max_val:
+            shape[1] = 2
+        return [tuple(shape)]
+
+    def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
+        return Cost(0, count(bottoms[0]) * self.lp.argmax_param.top_k)
+
+
+@register_layer("Silence")
+class Silence(LayerDef):
+    """Consumes bottoms and produces nothing (keeps unused blobs from being net outputs)."""
+
+    bottoms = (1, None)
+    tops = (0, 0)
+
+    def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
+        return []
+
+
+@register_layer("Parameter")
+class Parameter(LayerDef):
+    """Exposes a learnable blob of ``parameter_param.shape`` as its top."""
+
+    bottoms = (0, 0)
+
+    def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
+        return [tuple(self.lp.parameter_param.shape.dim)]
+
+    def param_shapes(self, bottoms: list[Shape]) -> list[ParamBlob]:
+        return [ParamBlob(tuple(self.lp.parameter_param.shape.dim), "weights")]

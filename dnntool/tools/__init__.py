@@ -1,0 +1,1 @@
+"""The library half of each command (no click here)."""
