@@ -33,6 +33,8 @@ class Convolution(LayerDef):
     """y = W * x + b over the spatial axes after ``axis``; weights (C_out, C_in/group, k...)."""
 
     family = "conv"
+    bottoms = (1, None)  # Caffe: MinBottomBlobs 1, EqualNumBottomTopBlobs (same filters for each bottom)
+    tops = (1, None)
     transposed: ClassVar[bool] = False
     depthwise: ClassVar[bool] = False
 
@@ -78,6 +80,8 @@ class Convolution(LayerDef):
 
     def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
         b0 = bottoms[0]
+        if len(self.lp.top) != len(bottoms):
+            raise self.error(f"needs one top per bottom, got {len(bottoms)} bottoms and {len(self.lp.top)} tops")
         for b in bottoms[1:]:
             if b != b0:
                 raise self.shape_error(f"all bottoms must have the same shape, got {list(b0)} and {list(b)}")

@@ -195,8 +195,8 @@ class HDF5Data(DataLayer):
             if not files or h5py is None or not Path(files[0]).exists():
                 why = ("h5py is not installed" if files and h5py is None
                        else f"source '{p.source}' does not list a readable HDF5 file")
-                tops = " ".join(f"{t}=N,..." for t in missing)
-                raise self.error(f"{why}; give the top shapes with --input-shape {tops}", NeedsInputShape)
+                tops = " ".join(f"--input-shape {t}=N,..." for t in missing)
+                raise self.error(f"{why}; give the top shapes with {tops}", NeedsInputShape)
         out = []
         for t in self.lp.top:
             given = self.ctx.input_shape(t)

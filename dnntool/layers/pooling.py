@@ -31,6 +31,7 @@ class Pooling(LayerDef):
     """Pools H x W windows; out = ceil((H + 2p - k) / s) + 1, clipped so the last window starts in the image."""
 
     family = "pool"
+    tops = (1, 2)  # Caffe: MaxTopBlobs 2 for MAX (the argmax mask), else 1 (checked in infer_shapes)
 
     def setup(self) -> None:
         p = self.lp.pooling_param
@@ -45,8 +46,10 @@ class Pooling(LayerDef):
             self.kernel = _hw(p, "kernel", 0, self)
             if min(self.kernel) <= 0:
                 raise self.error(f"kernel must be > 0, got {self.kernel}")
-        elif p.HasField("kernel_size") or p.HasField("kernel_h"):
+        elif p.HasField("kernel_size") or p.HasField("kernel_h") or p.HasField("kernel_w"):
             raise self.error("with global_pooling the kernel size cannot be specified")
+        elif any(self.pad) or self.stride != (1, 1):
+            raise self.error("with global_pooling only pad 0 and stride 1 are allowed")
         if min(self.stride) <= 0:
             raise self.error(f"stride must be > 0, got {self.stride}")
         if any(self.pad) and self.pool not in (PP.MAX, PP.AVE):
@@ -79,8 +82,9 @@ class Pooling(LayerDef):
                 raise self.error(f"pad {self.pad} must be smaller than kernel {self.kernel}")
             if b[2] + 2 * ph < kh or b[3] + 2 * pw < kw:
                 raise self.shape_error(f"kernel {kh}x{kw} > padded input {b[2] + 2 * ph}x{b[3] + 2 * pw}")
-            out = (pool_out(b[2], kh, ph, self.stride[0], self.ceil),
-                   pool_out(b[3], kw, pw, self.stride[1], self.ceil))
+            clip = bool(ph or pw)  # Caffe: if (pad_h_ || pad_w_) clip both axes
+            out = (pool_out(b[2], kh, ph, self.stride[0], self.ceil, clip),
+                   pool_out(b[3], kw, pw, self.stride[1], self.ceil, clip))
         top = (b[0], b[1], *out)
         if len(self.lp.top) > 1 and self.pool != PP.MAX:
             raise self.error("only MAX pooling has a second (mask) top")

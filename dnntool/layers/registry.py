@@ -41,24 +41,33 @@ def _load_builtins() -> None:
         importlib.import_module("dnntool.layers.all")
 
 
-def load_plugins() -> list[str]:
+def load_plugins(force: bool = False) -> list[str]:
     """Import every ``dnntool.layers`` entry point (a module that registers layers, or a LayerDef).
 
-    Returns the names of the entry points loaded. Called lazily, the first time a type is unknown.
+    Returns the names of the entry points loaded. Called lazily, the first time a type is unknown;
+    ``force`` looks again (after installing a plugin in a running process).
     """
     global _plugins_loaded
-    if _plugins_loaded:
+    if _plugins_loaded and not force:
         return []
     _plugins_loaded = True
     from importlib.metadata import entry_points
 
     loaded = []
     for ep in entry_points(group=PLUGIN_GROUP):
-        obj = ep.load()
+        try:
+            obj = ep.load()
+        except Exception as e:  # a broken plugin must not break every command
+            raise NetError(f"layer plugin '{ep.name}' ({ep.value}) failed to load: {type(e).__name__}: {e}") from e
         if isinstance(obj, type) and issubclass(obj, LayerDef) and ep.name not in _REGISTRY:
             register_layer(ep.name)(obj)
         loaded.append(ep.name)
     return loaded
+
+
+def unregister(name: str) -> None:
+    """Remove a type (for tests and for plugins replacing themselves)."""
+    _REGISTRY.pop(name, None)
 
 
 def known_types() -> list[str]:

@@ -129,6 +129,7 @@ class Net:
         self.latest: dict[str, str] = {}  # Caffe blob name -> its current SSA id
         self.notes: list[str] = []
         self.param_proto: caffe_pb2.NetParameter | None = None
+        self._excluded: dict[str, caffe_pb2.LayerParameter] = {}
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -180,9 +181,12 @@ class Net:
         net.param_proto = param
         locs = list(layer_locs or [])
         producers_later: dict[str, str] = {}
+
         for i, lp in enumerate(param.layer):
             loc = locs[i] if i < len(locs) else SourceLoc(path)
             if not layer_included(lp, state):
+                for t in lp.top:
+                    net._excluded.setdefault(t, lp)
                 continue
             for t in lp.top:
                 producers_later.setdefault(t, lp.name)
@@ -204,6 +208,10 @@ class Net:
         impl_cls = get_layer_class(lp.type, lp.name, loc)
         impl = impl_cls(lp, ctx, loc)
         nb, nt = len(lp.bottom), len(lp.top)
+        top_names = list(lp.top)
+        if impl.is_loss and nt < impl.tops[0]:  # Caffe's AutoTopBlobs: loss layers get anonymous tops
+            top_names += ["(automatic)"] * (impl.tops[0] - nt)
+            nt = len(top_names)
         for what, n, (lo, hi) in (("bottom", nb, impl.bottoms), ("top", nt, impl.tops)):
             if n < lo or (hi is not None and n > hi):
                 want = str(lo) if lo == hi else f"{lo}..{hi if hi is not None else 'any'}"
@@ -217,6 +225,8 @@ class Net:
                     why = f"it is produced later by layer '{later}': the net has a cycle or is out of order"
                 elif later == lp.name:
                     why = "the layer reads its own output: a cycle"
+                elif b in self._excluded:
+                    why = _excluded_hint(self._excluded[b], ctx.phase)
                 else:
                     why = "no earlier layer produces it"
                 raise NetError(
@@ -238,8 +248,13 @@ class Net:
                     f"output shape {_fmt_shape(s)} is empty or negative (bottoms {_fmt_shapes(bshapes)})"
                 )
         tops = []
-        for j, t in enumerate(lp.top):
+        for j, t in enumerate(top_names):
             in_place = j < nb and lp.bottom[j] == t
+            if t == "(automatic)":
+                tid = f"(automatic)@{lp.name}#{j}"
+                self.blobs[tid] = Blob(tid, t, tshapes[j], lp.name)
+                tops.append(tid)
+                continue
             if t in self.latest and not in_place:
                 raise NetError(
                     f"layer '{lp.name}' ({lp.type}): top blob '{t}' is produced by multiple sources"
@@ -268,7 +283,7 @@ class Net:
             raise impl.error(f"{len(loss_weights)} loss_weight values for {nt} tops")
         self.layers.append(Layer(
             name=lp.name, type=lp.type, param=lp, impl=impl, loc=loc,
-            bottoms=bottoms, tops=tops, bottom_names=list(lp.bottom), top_names=list(lp.top),
+            bottoms=bottoms, tops=tops, bottom_names=list(lp.bottom), top_names=top_names,
             bottom_shapes=bshapes, top_shapes=tshapes, params=params, loss_weights=loss_weights,
             cost=impl.cost(bshapes, tshapes),
         ))
@@ -333,6 +348,20 @@ class Net:
 
     def __repr__(self) -> str:
         return f"<Net '{self.name}' {len(self.layers)} layers, {self.learnable_count} params>"
+
+
+def _excluded_hint(producer: caffe_pb2.LayerParameter, phase: int) -> str:
+    """Why a blob is missing when its producer was filtered out by include/exclude rules."""
+    rules = list(producer.include) or list(producer.exclude)
+    phases = {caffe_pb2.Phase.Name(r.phase).lower() for r in rules if r.HasField("phase")}
+    stages = sorted({s for r in rules for s in r.stage})
+    hint = f"it is produced by layer '{producer.name}', which the {caffe_pb2.Phase.Name(phase).lower()} phase excludes"
+    other = sorted({"train", "test"} - {caffe_pb2.Phase.Name(phase).lower()})
+    if producer.include and phases and caffe_pb2.Phase.Name(phase).lower() not in phases:
+        hint += f" (try --phase {other[0]})"
+    elif stages:
+        hint += f" (try --stage {stages[0]})"
+    return hint
 
 
 def _share_mode(lp: caffe_pb2.LayerParameter, k: int) -> int:
