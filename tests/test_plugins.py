@@ -32,7 +32,7 @@ def installed_plugin(tmp_path, monkeypatch):
 def test_unknown_without_plugin():
     registry.unregister("ContrastiveAccuracy")
     registry.load_plugins(force=True)  # nothing installed: the type stays unknown
-    with pytest.raises(NetError, match="unknown layer type 'ContrastiveAccuracy'.*entry-point group 'dnntool.layers'"):
+    with pytest.raises(NetError, match=r"unknown layer type 'ContrastiveAccuracy'.*entry-point group 'dnntool\.layers'"):
         Net.from_prototxt(NET)
 
 
