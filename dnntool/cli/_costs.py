@@ -43,6 +43,9 @@ def emit_report(report, kind: str, fmt: str, limit: str | None, unit: str = "mac
     data = report.to_dict()
     if max_value is not None:
         data["limit"] = {"what": what, "max": max_value, "value": value, "exceeded": value > max_value}
+    if report.unused_weights and not quiet:
+        click.echo(f"note: the caffemodel has blobs for layers not in the net (ignored, as Caffe does):"
+                   f" {', '.join(report.unused_weights)}", err=True)
     if not quiet:
         click.echo(render(fmt, columns, report.rows, totals, title, data), nl=False)
     if max_value is not None and value > max_value:

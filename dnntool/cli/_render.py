@@ -50,8 +50,7 @@ def render(fmt: str, columns: Sequence[Column], rows: Sequence[object], totals: 
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left", show_lines=False, pad_edge=False, box=None,
-                  header_style="bold")
+    table = Table(show_lines=False, pad_edge=False, box=None, header_style="bold")
     for c in columns:
         table.add_column(c.header, justify="right" if c.numeric else "left", no_wrap=True)
     for r in rows:
@@ -59,6 +58,7 @@ def render(fmt: str, columns: Sequence[Column], rows: Sequence[object], totals: 
     buf = io.StringIO()
     console = Console(file=buf, width=200 if not sys.stdout.isatty() else None, highlight=False,
                       force_terminal=sys.stdout.isatty(), color_system="auto" if sys.stdout.isatty() else None)
+    console.print(title, soft_wrap=True)
     console.print(table)
     for k, v in totals:
         console.print(f"{k}: {_fmt(v, True)}")

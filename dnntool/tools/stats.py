@@ -68,6 +68,7 @@ class Report:
     batch: int
     rows: list[Row]
     weights: str | None = None
+    unused_weights: list[str] = field(default_factory=list)
 
     @property
     def params(self) -> int:
@@ -98,7 +99,8 @@ class Report:
 
     def to_dict(self) -> dict:
         return {"net": self.net, "source": self.source, "phase": self.phase, "batch": self.batch,
-                "weights": self.weights, "layers": [asdict(r) for r in self.rows], "totals": self.totals()}
+                "weights": self.weights, "unused_weights": self.unused_weights,
+                "layers": [asdict(r) for r in self.rows], "totals": self.totals()}
 
 
 def _batch(net: Net) -> int:
@@ -174,6 +176,8 @@ def report(net: Net, weights: Weights | None = None) -> Report:
         net=net.name, source=net.source, phase="train" if net.phase == 0 else "test", batch=_batch(net),
         rows=[_row(layer, file_shapes) for layer in net.layers],
         weights=weights.path if weights is not None else None,
+        unused_weights=[n for n in (weights.blobs if weights is not None else {})
+                        if n not in {layer.name for layer in net.layers}],
     )
 
 
