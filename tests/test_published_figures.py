@@ -55,7 +55,6 @@ def test_exact_params(rel, expected, source):
 # (file, published value in millions, decimals published, what, source)
 ROUNDED = [
     ("bvlc/models/bvlc_googlenet/deploy.prototxt", 6.999, 3, "params", "OMZ MParams"),
-    ("mobilenet_caffe/mobilenet_deploy.prototxt", 4.232, 3, "params", "TF-slim 4,231,976 (its table: 4.24 M)"),
     ("mobilenet_ssd/voc/MobileNetSSD_deploy.prototxt", 5.783, 3, "params", "OMZ MParams"),
     ("netscope/dgschwend/presets/resnet-50.prototxt", 25.6, 1, "params", "netscope (zynqnet xlsx)"),
     ("netscope/dgschwend/presets/resnet-50.prototxt", 3870, -1, "macs", "netscope 3870 M MACC"),

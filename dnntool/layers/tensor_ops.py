@@ -10,9 +10,14 @@ from dnntool.layers.registry import register_layer
 from dnntool.proto import caffe_pb2
 
 
-def _legacy_axis(param, legacy_field: str) -> int:
-    """``axis``, or the pre-2015 ``concat_dim``/``slice_dim`` when that is what the file sets."""
-    if param.HasField(legacy_field) and not param.HasField("axis"):
+def _legacy_axis(layer: LayerDef, param, legacy_field: str) -> int:
+    """``axis``, or the pre-2015 ``concat_dim``/``slice_dim`` when that is what the file sets.
+
+    Caffe (concat_layer.cpp, slice_layer.cpp): "Either axis or concat_dim should be specified; not both."
+    """
+    if param.HasField(legacy_field):
+        if param.HasField("axis"):
+            raise layer.error(f"give either axis or {legacy_field}, not both")
         return getattr(param, legacy_field)
     return param.axis
 
@@ -26,7 +31,7 @@ class Concat(LayerDef):
 
     def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
         b0 = bottoms[0]
-        ax = self.canonical_axis(_legacy_axis(self.lp.concat_param, "concat_dim"), len(b0))
+        ax = self.canonical_axis(_legacy_axis(self, self.lp.concat_param, "concat_dim"), len(b0))
         total = 0
         for i, b in enumerate(bottoms):
             if len(b) != len(b0) or any(b[j] != b0[j] for j in range(len(b0)) if j != ax):
@@ -47,7 +52,7 @@ class Slice(LayerDef):
     def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
         b = bottoms[0]
         p = self.lp.slice_param
-        ax = self.canonical_axis(_legacy_axis(p, "slice_dim"), len(b))
+        ax = self.canonical_axis(_legacy_axis(self, p, "slice_dim"), len(b))
         n = len(self.lp.top)
         points = list(p.slice_point)
         if points:
@@ -114,8 +119,8 @@ class Reshape(LayerDef):
             raise self.error("at most one dimension can be -1 (inferred)")
         new = []
         for i, d in enumerate(dims):
-            if d == 0:
-                if start + i >= end:
+            if d == 0:  # Caffe copies bottom axis start+i, which may lie past the replaced span
+                if start + i >= nd:
                     raise self.shape_error(f"dim {i} is 0 (copy) but the bottom has no axis {start + i} to copy")
                 new.append(b[start + i])
             elif d < -1:
