@@ -180,7 +180,11 @@ class Net:
         net = cls(param.name, phase, path)
         net.param_proto = param
         locs = list(layer_locs or [])
-        producers_later: dict[str, str] = {}
+        producers_later: dict[str, str] = {}  # blob -> first layer producing it (to explain cycles)
+        for lp in param.layer:
+            if layer_included(lp, state):
+                for t in lp.top:
+                    producers_later.setdefault(t, lp.name)
 
         for i, lp in enumerate(param.layer):
             loc = locs[i] if i < len(locs) else SourceLoc(path)
@@ -188,8 +192,6 @@ class Net:
                 for t in lp.top:
                     net._excluded.setdefault(t, lp)
                 continue
-            for t in lp.top:
-                producers_later.setdefault(t, lp.name)
             net._add_layer(lp, ctx, loc, producers_later)
         unused = set(ctx.input_shapes) - ctx.used_input_shapes - set(net.blobs)
         if unused:
