@@ -47,19 +47,14 @@ def render(fmt: str, columns: Sequence[Column], rows: Sequence[object], totals: 
         lines.append("")
         lines += [f"- {k}: {_fmt(v, True)}" for k, v in totals]
         return "\n".join(lines) + "\n"
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(show_lines=False, pad_edge=False, box=None, header_style="bold")
-    for c in columns:
-        table.add_column(c.header, justify="right" if c.numeric else "left", no_wrap=True)
-    for r in rows:
-        table.add_row(*(_fmt(c.get(r), c.numeric) for c in columns))
-    buf = io.StringIO()
-    console = Console(file=buf, width=200 if not sys.stdout.isatty() else None, highlight=False,
-                      force_terminal=sys.stdout.isatty(), color_system="auto" if sys.stdout.isatty() else None)
-    console.print(title, soft_wrap=True)
-    console.print(table)
-    for k, v in totals:
-        console.print(f"{k}: {_fmt(v, True)}")
-    return buf.getvalue()
+    # A plain aligned table: fast for thousand-layer nets and stable in pipes (rich's table renderer
+    # took ~0.3 s for ResNet-152); bold header only on a terminal.
+    cells = [[c.header for c in columns]] + [[_fmt(c.get(r), c.numeric) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = [title]
+    for k, row in enumerate(cells):
+        parts = [v.rjust(w) if c.numeric else v.ljust(w) for v, w, c in zip(row, widths, columns, strict=True)]
+        line = "  ".join(parts).rstrip()
+        lines.append(f"\033[1m{line}\033[0m" if k == 0 and sys.stdout.isatty() else line)
+    lines += [f"{k}: {_fmt(v, True)}" for k, v in totals]
+    return "\n".join(lines) + "\n"

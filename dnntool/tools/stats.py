@@ -17,11 +17,14 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from dnntool.errors import UsageError, WeightsError
-from dnntool.io.caffemodel import Weights
 from dnntool.net import Net
 from dnntool.net.net import Layer, format_shape
+
+if TYPE_CHECKING:  # numpy (via the caffemodel reader) is only needed with --weights
+    from dnntool.io.caffemodel import Weights
 
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
