@@ -142,6 +142,8 @@ class ImageData(SourcedData):
     def record_chw(self) -> tuple[int, int, int]:
         p = self.lp.image_data_param
         c = 3 if p.is_color else 1
+        if bool(p.new_height) != bool(p.new_width):  # Caffe's image_data_layer.cpp refuses one alone
+            raise self.error("new_height and new_width must be set together (or neither)")
         if p.new_height and p.new_width:
             return c, p.new_height, p.new_width
         path = self.resolve(p.source)
@@ -156,7 +158,7 @@ class ImageData(SourcedData):
         img = cv2.imread(full, cv2.IMREAD_COLOR if p.is_color else cv2.IMREAD_GRAYSCALE)
         if img is None:
             raise self.need_shape(f"first image '{full}' of '{p.source}' cannot be read")
-        return c, p.new_height or img.shape[0], p.new_width or img.shape[1]
+        return c, img.shape[0], img.shape[1]
 
 
 @register_layer("WindowData")
@@ -221,6 +223,9 @@ class MemoryData(DataLayer):
     def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
         p = self.lp.memory_data_param
         data = self.ctx.input_shape(self.lp.top[0]) or (p.batch_size, p.channels, p.height, p.width)
+        if not all(data):  # memory_data_layer.cpp: CHECK_GT(batch_size_ * size_, 0)
+            raise self.error("batch_size, channels, height and width must be set and positive in"
+                             " memory_data_param")
         shapes = [data]
         if len(self.lp.top) > 1:
             shapes.append(self.ctx.input_shape(self.lp.top[1]) or (data[0],))
@@ -234,14 +239,17 @@ class DummyData(DataLayer):
     def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
         p = self.lp.dummy_data_param
         n = len(self.lp.top)
-        if p.shape:
-            shapes = [tuple(s.dim) for s in p.shape]
+        names = ("num", "channels", "height", "width")
+        legacy = [list(getattr(p, f)) for f in names]
+        if any(legacy):  # dummy_data_layer.cpp: each legacy field once, or once per top
+            if p.shape:
+                raise self.error("both shape and the legacy num/channels/height/width were specified")
+            for f, x in zip(names, legacy, strict=True):
+                if len(x) not in (1, n):
+                    raise self.error(f"give '{f}' once or once per top ({n}), got {len(x)}")
+            shapes = [tuple(x[0] if len(x) == 1 else x[i] for x in legacy) for i in range(n)]
         else:
-            legacy = [list(p.num), list(p.channels), list(p.height), list(p.width)]
-            m = max(len(x) for x in legacy)
-            if m and any(len(x) != m for x in legacy):
-                raise self.error("num, channels, height and width must be given the same number of times")
-            shapes = [tuple(x[i] for x in legacy) for i in range(m)]
+            shapes = [tuple(s.dim) for s in p.shape]
         if len(shapes) not in (1, n) and not all(t in self.ctx.input_shapes for t in self.lp.top):
             raise self.error(f"{len(shapes)} shapes for {n} tops (give 1 or {n})")
         return [self.ctx.input_shape(t) or (shapes[0] if len(shapes) == 1 else shapes[i])

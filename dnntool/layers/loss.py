@@ -18,6 +18,15 @@ def _label_check(layer: LayerDef, pred: Shape, label: Shape, axis: int) -> tuple
     return outer, inner
 
 
+def _same_num(layer: LayerDef, bottoms: list[Shape]) -> None:
+    """Caffe's ``LossLayer::Reshape``: "The data and label should have the same first dimension."."""
+    a, b = bottoms[0], bottoms[1]
+    if a and b and a[0] != b[0]:
+        raise layer.shape_error(
+            f"bottoms {list(a)} and {list(b)} must have the same first dimension (the batch)"
+        )
+
+
 @register_layer("SoftmaxWithLoss")
 class SoftmaxWithLoss(LossLayer):
     """-log softmax(x)[label] over ``softmax_param.axis``, normalised (VALID by default); top 1 = probabilities."""
@@ -25,6 +34,7 @@ class SoftmaxWithLoss(LossLayer):
     tops = (1, 2)
 
     def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
+        _same_num(self, bottoms)
         _label_check(self, bottoms[0], bottoms[1], self.lp.softmax_param.axis)
         return [(), bottoms[0]]
 
@@ -38,6 +48,7 @@ class EuclideanLoss(LossLayer):
 
     def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
         a, b = bottoms
+        _same_num(self, bottoms)
         if count(a) != count(b) or count_range(a, 1) != count_range(b, 1):
             raise self.shape_error(f"bottoms {list(a)} and {list(b)} must have the same dimensions")
         return [()]
@@ -54,6 +65,7 @@ class SigmoidCrossEntropyLoss(LossLayer):
     tops = (1, 1)
 
     def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
+        _same_num(self, bottoms)
         if count(bottoms[0]) != count(bottoms[1]):
             raise self.shape_error(f"bottoms {list(bottoms[0])} and {list(bottoms[1])} must have the same count")
         return [()]
@@ -72,6 +84,8 @@ class ContrastiveLoss(LossLayer):
         a, b, y = bottoms
         if a != b:
             raise self.shape_error(f"feature bottoms {list(a)} and {list(b)} must match")
+        if len(a) < 2 or len(a) > 4 or count_range(a, 2) != 1:  # Caffe: height() == width() == 1
+            raise self.shape_error(f"feature bottoms must be (N, C) or (N, C, 1, 1), got {list(a)}")
         if count(y) != a[0]:
             raise self.shape_error(f"similarity bottom {list(y)} needs {a[0]} values (one per pair)")
         return [()]
@@ -86,6 +100,7 @@ class HingeLoss(LossLayer):
     """One-vs-all hinge loss (L1 or L2) of scores against integer labels."""
 
     def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
+        _same_num(self, bottoms)
         if count(bottoms[1]) != bottoms[0][0]:
             raise self.shape_error(f"label {list(bottoms[1])} needs {bottoms[0][0]} values (one per sample)")
         return [()]
@@ -100,6 +115,7 @@ class MultinomialLogisticLoss(LossLayer):
 
     def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
         p, label = bottoms
+        _same_num(self, bottoms)
         if count(label) != p[0]:
             raise self.shape_error(f"label {list(label)} needs {p[0]} values (one per sample)")
         return [()]
@@ -113,7 +129,13 @@ class InfogainLoss(LossLayer):
     tops = (1, 2)
 
     def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
-        _label_check(self, bottoms[0], bottoms[1], self.lp.infogain_loss_param.axis)
+        _same_num(self, bottoms)
+        axis = self.lp.infogain_loss_param.axis
+        _label_check(self, bottoms[0], bottoms[1], axis)
+        if len(bottoms) == 3:  # Caffe: CHECK_EQ(infogain->count(), num_labels_*num_labels_)
+            k = bottoms[0][self.canonical_axis(axis, len(bottoms[0]))]
+            if count(bottoms[2]) != k * k:
+                raise self.shape_error(f"infogain matrix {list(bottoms[2])} must hold {k}x{k} values")
         return [(), bottoms[0]]
 
 

@@ -108,10 +108,10 @@ def state_meets_rule(state: caffe_pb2.NetState, rule: caffe_pb2.NetStateRule) ->
     return not any(s in stages for s in rule.not_stage)
 
 
-def layer_included(lp: caffe_pb2.LayerParameter, state: caffe_pb2.NetState) -> bool:
+def layer_included(lp: caffe_pb2.LayerParameter, state: caffe_pb2.NetState, loc: SourceLoc | None = None) -> bool:
     """Caffe's ``FilterNet`` for one layer: any include rule met, or no exclude rule met."""
     if lp.include and lp.exclude:
-        raise NetError(f"layer '{lp.name}' specifies both include and exclude rules")
+        raise NetError(f"layer '{lp.name}' specifies both include and exclude rules", loc, layer=lp.name)
     if lp.include:
         return any(state_meets_rule(state, r) for r in lp.include)
     return not any(state_meets_rule(state, r) for r in lp.exclude)
@@ -181,14 +181,14 @@ class Net:
         net.param_proto = param
         locs = list(layer_locs or [])
         producers_later: dict[str, str] = {}  # blob -> first layer producing it (to explain cycles)
-        for lp in param.layer:
-            if layer_included(lp, state):
+        for i, lp in enumerate(param.layer):
+            if layer_included(lp, state, locs[i] if i < len(locs) else SourceLoc(path)):
                 for t in lp.top:
                     producers_later.setdefault(t, lp.name)
 
         for i, lp in enumerate(param.layer):
             loc = locs[i] if i < len(locs) else SourceLoc(path)
-            if not layer_included(lp, state):
+            if not layer_included(lp, state, loc):
                 for t in lp.top:
                     net._excluded.setdefault(t, lp)
                 continue
@@ -241,6 +241,9 @@ class Net:
             tshapes = [tuple(int(d) for d in s) for s in impl.infer_shapes(bshapes)]
         except (ValueError, ZeroDivisionError, IndexError) as e:
             raise impl.shape_error(f"cannot infer shapes from bottoms {_fmt_shapes(bshapes)}: {e}") from None
+        except OSError as e:  # a data layer reading its source (a directory, unreadable, ...)
+            what = f"'{e.filename}'" if e.filename is not None else "its source"
+            raise impl.error(f"cannot read {what}: {e.strerror or e}") from None
         if len(tshapes) < nt:
             raise impl.error(f"produces {len(tshapes)} top(s) but {nt} are named")
         tshapes = tshapes[:nt]
