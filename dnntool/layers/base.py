@@ -10,10 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from dnntool.errors import NetError, ShapeError, SourceLoc
 from dnntool.proto import caffe_pb2
+
+if TYPE_CHECKING:
+    from dnntool.onnxgraph.builder import GraphBuilder
 
 Shape = tuple[int, ...]
 
@@ -29,6 +32,8 @@ class ParamBlob:
     shape: Shape
     role: str = "weights"
     learnable: bool = True
+    #: how init-weights/train fill it (Caffe's FillerParameter); None means constant 0
+    filler: caffe_pb2.FillerParameter | None = field(default=None, compare=False, hash=False)
 
     @property
     def count(self) -> int:
@@ -69,6 +74,37 @@ class BuildContext:
             self.used_input_shapes.add("")  # a bare N,C,H,W: the first input asked for
             return tuple(self.input_shapes[""])
         return None
+
+
+@dataclass
+class Emit:
+    """What a layer's ``forward`` gets: the builder and the tensor names/shapes of its blobs.
+
+    ``bottoms``/``params`` are existing tensor names; the layer must produce every name in ``tops``
+    (same order). ``batch`` is the symbolic batch dimension name when the batch is dynamic.
+    """
+
+    g: GraphBuilder
+    bottoms: list[str]
+    tops: list[str]
+    params: list[str]
+    bottom_shapes: list[Shape]
+    top_shapes: list[Shape]
+    train: bool = False
+    batch: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def static_shape(self, shape: Sequence[int]) -> list[int]:
+        """A Reshape target for ``shape``: 0 (copy) on the batch axis when the batch is dynamic."""
+        s = [int(d) for d in shape]
+        if self.batch is not None and s:
+            s[0] = 0
+        return s
+
+
+def constant_filler(value: float) -> caffe_pb2.FillerParameter:
+    """A ``constant`` FillerParameter (the defaults Caffe layers use when none is given)."""
+    return caffe_pb2.FillerParameter(type="constant", value=value)
 
 
 def count(shape: Sequence[int]) -> int:
@@ -124,6 +160,13 @@ class LayerDef:
         """Key parameters in a few characters, e.g. ``3x3 s2 p1, 256`` (netscope node label)."""
         return ""
 
+    #: False for layers with no inference meaning in ONNX (e.g. NMS post-processing, Python code).
+    translatable: ClassVar[bool] = True
+
+    def forward(self, e: Emit) -> None:
+        """Emit ONNX nodes computing ``e.tops`` from ``e.bottoms`` and ``e.params`` (Caffe semantics)."""
+        raise self.error("has no ONNX translation")
+
     # -- helpers -----------------------------------------------------------------------------
     def error(self, message: str, cls: type[NetError] = NetError) -> NetError:
         """An error naming this layer, its type and where it was defined."""
@@ -143,11 +186,23 @@ class LayerDef:
 
 
 class Elementwise(LayerDef):
-    """One bottom, one top of the same shape; ``flops_per_element`` operations per value."""
+    """One bottom, one top of the same shape; ``flops_per_element`` operations per value.
+
+    A subclass whose forward is a single ONNX op sets ``onnx_op`` (and ``onnx_attrs()``).
+    """
 
     family = "activation"
     inplace = True
     flops_per_element: ClassVar[int] = 1
+    onnx_op: ClassVar[str] = ""
+
+    def onnx_attrs(self) -> dict[str, Any]:
+        return {}
+
+    def forward(self, e: Emit) -> None:
+        if not self.onnx_op:
+            raise self.error("has no ONNX translation")
+        e.g.op(self.onnx_op, e.bottoms[:1], e.tops[:1], **self.onnx_attrs())
 
     def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
         return [bottoms[0]]

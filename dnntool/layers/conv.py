@@ -6,7 +6,7 @@ import math
 from typing import ClassVar
 
 from dnntool.layers.arith import conv_out, deconv_out
-from dnntool.layers.base import Cost, LayerDef, ParamBlob, Shape, count
+from dnntool.layers.base import Cost, Emit, LayerDef, ParamBlob, Shape, count
 from dnntool.layers.registry import register_layer
 
 
@@ -104,9 +104,10 @@ class Convolution(LayerDef):
             w = (c, self.num_output // group, *k)  # Caffe's deconvolution weight layout
         else:
             w = (self.num_output, c // group, *k)
-        blobs = [ParamBlob(w, "weights")]
+        p = self.lp.convolution_param
+        blobs = [ParamBlob(w, "weights", filler=p.weight_filler)]
         if self.bias:
-            blobs.append(ParamBlob((self.num_output,), "bias"))
+            blobs.append(ParamBlob((self.num_output,), "bias", filler=p.bias_filler))
         return blobs
 
     def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
@@ -121,6 +122,16 @@ class Convolution(LayerDef):
                 macs += count(t) * (c // group) * ksize
         bias = sum(count(t) for t in tops) if self.bias else 0
         return Cost(macs, 2 * macs + bias)
+
+    def forward(self, e: Emit) -> None:
+        axis, k, pad, stride, dil = self.spatial(e.bottom_shapes[0])
+        if axis != 1:
+            raise self.error(f"axis {axis}: ONNX convolutions need channels on axis 1")
+        _, group = self.channels(e.bottom_shapes[0], axis)
+        op = "ConvTranspose" if self.transposed else "Conv"  # ONNX ConvTranspose weights are Caffe's layout
+        for x, y in zip(e.bottoms, e.tops, strict=True):
+            e.g.op(op, [x, *e.params], [y], kernel_shape=k, pads=pad + pad, strides=stride,
+                   dilations=dil, group=group)
 
     def summary(self) -> str:
         p = self.lp.convolution_param

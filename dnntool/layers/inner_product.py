@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dnntool.layers.base import Cost, LayerDef, ParamBlob, Shape, count, count_range
+from dnntool.layers.base import Cost, Emit, LayerDef, ParamBlob, Shape, count, count_range
 from dnntool.layers.registry import register_layer
 
 
@@ -32,9 +32,9 @@ class InnerProduct(LayerDef):
         _, k = self.split(bottoms[0])
         p = self.lp.inner_product_param
         w = (k, self.num_output) if p.transpose else (self.num_output, k)
-        blobs = [ParamBlob(w, "weights")]
+        blobs = [ParamBlob(w, "weights", filler=p.weight_filler)]
         if p.bias_term:
-            blobs.append(ParamBlob((self.num_output,), "bias"))
+            blobs.append(ParamBlob((self.num_output,), "bias", filler=p.bias_filler))
         return blobs
 
     def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
@@ -45,6 +45,19 @@ class InnerProduct(LayerDef):
 
     def summary(self) -> str:
         return str(self.num_output)
+
+    def forward(self, e: Emit) -> None:
+        b, top = e.bottom_shapes[0], e.top_shapes[0]
+        ax = self.canonical_axis(self.lp.inner_product_param.axis, len(b))
+        k = self.split(b)[1]
+        g = e.g
+        x = g.op1("Flatten", [e.bottoms[0]], axis=ax) if ax >= 1 else g.reshape(e.bottoms[0], [1, k])
+        trans_b = 0 if self.lp.inner_product_param.transpose else 1
+        last = len(top) == 2 and ax == 1
+        g.op("Gemm", [x, *e.params], [e.tops[0]] if last else 1, transB=trans_b)
+        if not last:
+            y = g.nodes[-1].output[0]
+            g.reshape(y, e.static_shape(top) if ax >= 1 else list(top), e.tops[0])
 
 
 @register_layer("Embed")
@@ -63,9 +76,9 @@ class Embed(LayerDef):
 
     def param_shapes(self, bottoms: list[Shape]) -> list[ParamBlob]:
         p = self.lp.embed_param
-        blobs = [ParamBlob((p.input_dim, p.num_output), "weights")]
+        blobs = [ParamBlob((p.input_dim, p.num_output), "weights", filler=p.weight_filler)]
         if p.bias_term:
-            blobs.append(ParamBlob((p.num_output,), "bias"))
+            blobs.append(ParamBlob((p.num_output,), "bias", filler=p.bias_filler))
         return blobs
 
     def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
@@ -74,3 +87,11 @@ class Embed(LayerDef):
     def summary(self) -> str:
         p = self.lp.embed_param
         return f"{p.input_dim} -> {p.num_output}"
+
+    def forward(self, e: Emit) -> None:
+        idx = e.g.op1("Cast", [e.bottoms[0]], to=7)  # INT64: Caffe feeds indices as floats
+        if self.lp.embed_param.bias_term:
+            y = e.g.op1("Gather", [e.params[0], idx])
+            e.g.op("Add", [y, e.params[1]], e.tops)
+        else:
+            e.g.op("Gather", [e.params[0], idx], e.tops)

@@ -2,8 +2,41 @@
 
 from __future__ import annotations
 
-from dnntool.layers.base import Cost, LayerDef, LossLayer, Shape, count, count_range
+from dnntool.layers.base import Cost, Emit, LayerDef, LossLayer, Shape, count, count_range
 from dnntool.layers.registry import register_layer
+from dnntool.proto import caffe_pb2
+
+
+def _normalizer(layer: LayerDef, e: Emit, valid: str | None, outer: int, inner: int) -> str:
+    """Caffe's LossLayer normaliser (VALID default; legacy ``normalize: false`` is BATCH_SIZE), >= 1."""
+    p = layer.lp.loss_param
+    NM = caffe_pb2.LossParameter
+    mode = p.normalization
+    if not p.HasField("normalization") and p.HasField("normalize"):
+        mode = NM.VALID if p.normalize else NM.BATCH_SIZE
+    if mode == NM.VALID and valid is not None:
+        return e.g.op1("Max", [valid, e.g.scalar(1.0)])
+    n = {NM.FULL: outer * inner, NM.VALID: outer * inner, NM.BATCH_SIZE: outer, NM.NONE: 1}.get(mode, 1)
+    return e.g.scalar(float(max(1, n)))
+
+
+def _class_rows(e: Emit, x: str, shape, ax: int) -> str:
+    """Scores (outer, C, inner...) as rows (outer*inner, C): classes last."""
+    nd = len(shape)
+    if ax == nd - 1:
+        return e.g.reshape(x, [-1, shape[ax]])
+    perm = [*range(ax), *range(ax + 1, nd), ax]
+    return e.g.reshape(e.g.op1("Transpose", [x], perm=perm), [-1, shape[ax]])
+
+
+def _labels(e: Emit, label: str, ignore: int | None) -> tuple[str, str | None]:
+    """Labels as an int64 column (M, 1) with ignored entries set to 0, and a float valid mask (M, 1)."""
+    g = e.g
+    lab = g.reshape(g.op1("Cast", [label], to=7), [-1, 1])
+    if ignore is None:
+        return lab, None
+    keep = g.op1("Not", [g.op1("Equal", [lab, g.const([[ignore]])])])
+    return g.op1("Where", [keep, lab, g.const([[0]])]), g.op1("Cast", [keep], to=1)
 
 
 def _label_check(layer: LayerDef, pred: Shape, label: Shape, axis: int) -> tuple[int, int]:
@@ -41,6 +74,24 @@ class SoftmaxWithLoss(LossLayer):
     def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
         return Cost(0, 5 * count(bottoms[0]))
 
+    def forward(self, e: Emit) -> None:
+        """-log(max(p[label], FLT_MIN)) summed over non-ignored positions / the normaliser."""
+        g = e.g
+        pred = e.bottom_shapes[0]
+        ax = self.canonical_axis(self.lp.softmax_param.axis, len(pred))
+        prob = g.op1("Softmax", [e.bottoms[0]], e.tops[1] if len(e.tops) > 1 else None, axis=ax)
+        rows = _class_rows(e, prob, pred, ax)
+        lp = self.lp.loss_param
+        lab, valid = _labels(e, e.bottoms[1], lp.ignore_label if lp.HasField("ignore_label") else None)
+        p_true = g.op1("GatherElements", [rows, lab], axis=1)
+        nll = g.op1("Neg", [g.op1("Log", [g.op1("Max", [p_true, g.scalar(1.1754944e-38)])])])
+        if valid is not None:
+            nll = g.op1("Mul", [nll, valid])
+        total = g.op1("ReduceSum", [nll], keepdims=0)
+        count_valid = g.op1("ReduceSum", [valid], keepdims=0) if valid is not None else None
+        outer, inner = count_range(pred, 0, ax), count_range(pred, ax + 1)
+        g.op("Div", [total, _normalizer(self, e, count_valid, outer, inner)], e.tops[:1])
+
 
 @register_layer("EuclideanLoss")
 class EuclideanLoss(LossLayer):
@@ -57,6 +108,14 @@ class EuclideanLoss(LossLayer):
         n = count(bottoms[0])
         return Cost(n, 3 * n)
 
+    def forward(self, e: Emit) -> None:
+        g = e.g
+        a = g.reshape(e.bottoms[0], [-1])
+        b = g.reshape(e.bottoms[1], [-1])
+        d = g.op1("Sub", [a, b])
+        ss = g.op1("ReduceSum", [g.op1("Mul", [d, d])], keepdims=0)
+        g.op("Div", [ss, g.scalar(2.0 * e.bottom_shapes[0][0])], e.tops)
+
 
 @register_layer("SigmoidCrossEntropyLoss")
 class SigmoidCrossEntropyLoss(LossLayer):
@@ -72,6 +131,25 @@ class SigmoidCrossEntropyLoss(LossLayer):
 
     def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
         return Cost(0, 6 * count(bottoms[0]))
+
+    def forward(self, e: Emit) -> None:
+        """-sum(x (t - [x >= 0]) - log(1 + exp(x - 2x [x >= 0]))) / normaliser (Caffe's stable form)."""
+        g = e.g
+        x = g.reshape(e.bottoms[0], [-1])
+        t = g.reshape(e.bottoms[1], [-1])
+        pos = g.op1("Cast", [g.op1("GreaterOrEqual", [x, g.scalar(0.0)])], to=1)
+        lin = g.op1("Mul", [x, g.op1("Sub", [t, pos])])
+        soft = g.op1("Softplus", [g.op1("Sub", [x, g.op1("Mul", [g.op1("Mul", [x, pos]), g.scalar(2.0)])])])
+        term = g.op1("Sub", [lin, soft])
+        lp = self.lp.loss_param
+        valid = None
+        if lp.HasField("ignore_label"):
+            keep = g.op1("Cast", [g.op1("Not", [g.op1("Equal", [t, g.scalar(float(lp.ignore_label))])])], to=1)
+            term = g.op1("Mul", [term, keep])
+            valid = g.op1("ReduceSum", [keep], keepdims=0)
+        total = g.op1("Neg", [g.op1("ReduceSum", [term], keepdims=0)])
+        shape = e.bottom_shapes[0]
+        g.op("Div", [total, _normalizer(self, e, valid, shape[0], count_range(shape, 1))], e.tops)
 
 
 @register_layer("ContrastiveLoss")
@@ -94,6 +172,23 @@ class ContrastiveLoss(LossLayer):
         n = count(bottoms[0])
         return Cost(n, 3 * n)
 
+    def forward(self, e: Emit) -> None:
+        """sum(y d^2 + (1 - y) max(margin - d, 0)^2) / 2N (legacy_version: max(margin - d^2, 0))."""
+        g = e.g
+        p = self.lp.contrastive_loss_param
+        n = e.bottom_shapes[0][0]
+        d = g.op1("Sub", [g.reshape(e.bottoms[0], [n, -1]), g.reshape(e.bottoms[1], [n, -1])])
+        d2 = g.op1("ReduceSum", [g.op1("Mul", [d, d]), g.const([1])], keepdims=0)
+        y = g.reshape(e.bottoms[2], [n])
+        if p.legacy_version:
+            far = g.op1("Relu", [g.op1("Sub", [g.scalar(p.margin), d2])])
+        else:
+            m = g.op1("Relu", [g.op1("Sub", [g.scalar(p.margin), g.op1("Sqrt", [d2])])])
+            far = g.op1("Mul", [m, m])
+        sim = g.op1("Cast", [g.op1("Cast", [y], to=9)], to=1)  # Caffe: static_cast<int>(y) != 0
+        terms = g.op1("Add", [g.op1("Mul", [sim, d2]), g.op1("Mul", [g.op1("Sub", [g.scalar(1.0), sim]), far])])
+        g.op("Div", [g.op1("ReduceSum", [terms], keepdims=0), g.scalar(2.0 * n)], e.tops)
+
 
 @register_layer("HingeLoss")
 class HingeLoss(LossLayer):
@@ -108,6 +203,20 @@ class HingeLoss(LossLayer):
     def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
         return Cost(0, 3 * count(bottoms[0]))
 
+    def forward(self, e: Emit) -> None:
+        """sum over samples and classes of max(0, 1 - s x), s = +1 for the label, -1 otherwise; / N."""
+        g = e.g
+        pred = e.bottom_shapes[0]
+        n, c = pred[0], count_range(pred, 1)
+        x = g.reshape(e.bottoms[0], [n, c])
+        lab, _ = _labels(e, e.bottoms[1], None)
+        onehot = g.op1("Cast", [g.op1("Equal", [lab, g.const([list(range(c))])])], to=1)
+        sign = g.op1("Sub", [g.op1("Mul", [onehot, g.scalar(2.0)]), g.scalar(1.0)])
+        margin = g.op1("Relu", [g.op1("Sub", [g.scalar(1.0), g.op1("Mul", [sign, x])])])
+        if self.lp.hinge_loss_param.norm == caffe_pb2.HingeLossParameter.L2:
+            margin = g.op1("Mul", [margin, margin])
+        g.op("Div", [g.op1("ReduceSum", [margin], keepdims=0), g.scalar(float(n))], e.tops)
+
 
 @register_layer("MultinomialLogisticLoss")
 class MultinomialLogisticLoss(LossLayer):
@@ -119,6 +228,15 @@ class MultinomialLogisticLoss(LossLayer):
         if count(label) != p[0]:
             raise self.shape_error(f"label {list(label)} needs {p[0]} values (one per sample)")
         return [()]
+
+    def forward(self, e: Emit) -> None:
+        g = e.g
+        pred = e.bottom_shapes[0]
+        rows = g.reshape(e.bottoms[0], [pred[0], -1])
+        lab, _ = _labels(e, e.bottoms[1], None)
+        p = g.op1("Max", [g.op1("GatherElements", [rows, lab], axis=1), g.scalar(1e-20)])
+        total = g.op1("ReduceSum", [g.op1("Log", [p])], keepdims=0)
+        g.op("Div", [total, g.scalar(-float(pred[0]))], e.tops)
 
 
 @register_layer("InfogainLoss")
@@ -162,3 +280,31 @@ class Accuracy(LayerDef):
     def summary(self) -> str:
         k = self.lp.accuracy_param.top_k
         return f"top-{k}" if k != 1 else ""
+
+    def forward(self, e: Emit) -> None:
+        """A sample is right when fewer than top_k scores are >= the label's score (Caffe's rule)."""
+        g = e.g
+        p = self.lp.accuracy_param
+        pred = e.bottom_shapes[0]
+        ax = self.canonical_axis(p.axis, len(pred))
+        c = pred[ax]
+        rows = _class_rows(e, e.bottoms[0], pred, ax)
+        lab, valid = _labels(e, e.bottoms[1], p.ignore_label if p.HasField("ignore_label") else None)
+        s_true = g.op1("GatherElements", [rows, lab], axis=1)
+        better = g.op1("ReduceSum", [g.op1("Cast", [g.op1("GreaterOrEqual", [rows, s_true])], to=1),
+                                     g.const([1])], keepdims=1)
+        right = g.op1("Cast", [g.op1("LessOrEqual", [better, g.scalar(float(p.top_k))])], to=1)
+        if valid is not None:
+            right = g.op1("Mul", [right, valid])
+            n = g.op1("Max", [g.op1("ReduceSum", [valid], keepdims=0), g.scalar(1.0)])
+        else:
+            n = g.scalar(float(count_range(pred, 0, ax) * count_range(pred, ax + 1)))
+        g.op("Div", [g.op1("ReduceSum", [right], keepdims=0), n], e.tops[:1])
+        if len(e.tops) > 1:  # per-class accuracy (0 for classes absent from the batch)
+            onehot = g.op1("Cast", [g.op1("Equal", [lab, g.const([list(range(c))])])], to=1)
+            if valid is not None:
+                onehot = g.op1("Mul", [onehot, valid])
+            hits = g.op1("ReduceSum", [g.op1("Mul", [onehot, right]), g.const([0])], keepdims=0)
+            nums = g.op1("ReduceSum", [onehot, g.const([0])], keepdims=0)
+            ratio = g.op1("Div", [hits, g.op1("Max", [nums, g.scalar(1.0)])])
+            g.op("Identity", [ratio], e.tops[1:2])

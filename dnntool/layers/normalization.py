@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from dnntool.layers.base import Cost, Elementwise, LayerDef, ParamBlob, Shape, count
+from dnntool.layers.base import (
+    Cost,
+    Elementwise,
+    Emit,
+    LayerDef,
+    ParamBlob,
+    Shape,
+    constant_filler,
+    count,
+)
 from dnntool.layers.registry import register_layer
 from dnntool.proto import caffe_pb2
 
@@ -34,6 +43,35 @@ class BatchNorm(Elementwise):
     def summary(self) -> str:
         p = self.lp.batch_norm_param
         return "global stats" if p.HasField("use_global_stats") and p.use_global_stats else ""
+
+    def use_global_stats(self, train: bool) -> bool:
+        """Caffe: stored statistics at test, batch statistics in training, unless set explicitly."""
+        p = self.lp.batch_norm_param
+        return p.use_global_stats if p.HasField("use_global_stats") else not train
+
+    def forward(self, e: Emit) -> None:
+        g, x = e.g, e.bottoms[0]
+        eps = float(self.lp.batch_norm_param.eps)
+        nd = len(e.bottom_shapes[0])
+        if self.use_global_stats(e.train):
+            # mean = blob0 / f, var = blob1 / f, with f the scale factor (0 -> statistics are 0)
+            f = e.params[2]
+            inv = g.op1("Where", [g.op1("Equal", [f, g.scalar(0.0)]), g.scalar(0.0),
+                                  g.op1("Reciprocal", [f])])
+            mean = g.op1("Mul", [e.params[0], inv])
+            var = g.op1("Mul", [e.params[1], inv])
+            c = e.bottom_shapes[0][1] if nd > 1 else 1
+            import numpy as np
+
+            ones, zeros = g.const(np.ones(c, g.dtype)), g.const(np.zeros(c, g.dtype))
+            g.op("BatchNormalization", [x, ones, zeros, mean, var], e.tops[:1], epsilon=eps)
+            return
+        axes = [0, *range(2, nd)]
+        mean = g.op1("ReduceMean", [x], axes=axes, keepdims=1)
+        xc = g.op1("Sub", [x, mean])
+        var = g.op1("ReduceMean", [g.op1("Mul", [xc, xc])], axes=axes, keepdims=1)
+        e.extra["batch_mean"], e.extra["batch_var"] = mean, var  # for the training engine's averages
+        g.op("Div", [xc, g.op1("Sqrt", [g.op1("Add", [var, g.scalar(eps)])])], e.tops[:1])
 
 
 def _axes_shape(layer: LayerDef, b: Shape, axis: int, num_axes: int) -> tuple[int, Shape]:
@@ -75,6 +113,13 @@ class _Broadcast(LayerDef):
         p = self.axis_params()
         return _axes_shape(self, b, p.axis, p.num_axes)[1]
 
+    def broadcastable(self, e: Emit, t: str, t_shape: Shape) -> str:
+        """``t`` (shape bottom[axis:axis+k]) reshaped to broadcast against the bottom."""
+        b = e.bottom_shapes[0]
+        ax = self.canonical_axis(self.axis_params().axis, len(b)) if t_shape else len(b)
+        trailing = len(b) - ax - len(t_shape)
+        return e.g.reshape(t, [*t_shape, *([1] * trailing)]) if trailing > 0 else t
+
 
 @register_layer("Scale")
 class Scale(_Broadcast):
@@ -86,9 +131,11 @@ class Scale(_Broadcast):
     def param_shapes(self, bottoms: list[Shape]) -> list[ParamBlob]:
         two = len(bottoms) == 2
         shape = tuple(bottoms[1]) if two else self.param_shape(bottoms[0])
-        blobs = [] if two else [ParamBlob(shape, "scale")]
-        if self.lp.scale_param.bias_term:
-            blobs.append(ParamBlob(shape, "bias"))
+        p = self.lp.scale_param
+        filler = p.filler if p.HasField("filler") else constant_filler(1.0)  # Caffe: scale 1 by default
+        blobs = [] if two else [ParamBlob(shape, "scale", filler=filler)]
+        if p.bias_term:
+            blobs.append(ParamBlob(shape, "bias", filler=p.bias_filler))
         return blobs
 
     def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
@@ -97,6 +144,16 @@ class Scale(_Broadcast):
 
     def summary(self) -> str:
         return "+bias" if self.lp.scale_param.bias_term else ""
+
+    def forward(self, e: Emit) -> None:
+        two = len(e.bottoms) == 2
+        shape = tuple(e.bottom_shapes[1]) if two else self.param_shape(e.bottom_shapes[0])
+        gamma = self.broadcastable(e, e.bottoms[1] if two else e.params[0], shape)
+        if self.lp.scale_param.bias_term:
+            y = e.g.op1("Mul", [e.bottoms[0], gamma])
+            e.g.op("Add", [y, self.broadcastable(e, e.params[-1], shape)], e.tops)
+        else:
+            e.g.op("Mul", [e.bottoms[0], gamma], e.tops)
 
 
 @register_layer("Bias")
@@ -109,10 +166,16 @@ class Bias(_Broadcast):
     def param_shapes(self, bottoms: list[Shape]) -> list[ParamBlob]:
         if len(bottoms) == 2:
             return []
-        return [ParamBlob(self.param_shape(bottoms[0]), "bias")]
+        return [ParamBlob(self.param_shape(bottoms[0]), "bias", filler=self.lp.bias_param.filler)]
 
     def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
         return Cost(0, count(tops[0]))
+
+    def forward(self, e: Emit) -> None:
+        two = len(e.bottoms) == 2
+        shape = tuple(e.bottom_shapes[1]) if two else self.param_shape(e.bottom_shapes[0])
+        beta = self.broadcastable(e, e.bottoms[1] if two else e.params[0], shape)
+        e.g.op("Add", [e.bottoms[0], beta], e.tops)
 
 
 @register_layer("LRN")
@@ -143,6 +206,21 @@ class LRN(LayerDef):
         macs = n * self.taps()
         return Cost(macs, 2 * macs + 3 * n)  # + scale, power, divide per element
 
+    def forward(self, e: Emit) -> None:
+        p = self.lp.lrn_param
+        g, x = e.g, e.bottoms[0]
+        if p.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS:  # the same formula as ONNX LRN
+            g.op("LRN", [x], e.tops, size=int(p.local_size), alpha=float(p.alpha), beta=float(p.beta),
+                 bias=float(p.k))
+            return
+        # WITHIN_CHANNEL: x / (1 + alpha * mean of x^2 over an n x n window padded by (n-1)/2)^beta
+        n, pad = int(p.local_size), (int(p.local_size) - 1) // 2
+        avg = g.op1("AveragePool", [g.op1("Mul", [x, x])], kernel_shape=[n, n], pads=[pad] * 4,
+                    strides=[1, 1], count_include_pad=1)
+        den = g.op1("Pow", [g.op1("Add", [g.op1("Mul", [avg, g.scalar(p.alpha)]), g.scalar(1.0)]),
+                            g.scalar(p.beta)])
+        g.op("Div", [x, den], e.tops)
+
     def summary(self) -> str:
         p = self.lp.lrn_param
         region = "across" if p.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS else "within"
@@ -161,6 +239,18 @@ class MVN(LayerDef):
     def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
         return Cost(0, (5 if self.lp.mvn_param.normalize_variance else 2) * count(tops[0]))
 
+    def forward(self, e: Emit) -> None:
+        p = self.lp.mvn_param
+        g, x = e.g, e.bottoms[0]
+        axes = list(range(1 if p.across_channels else 2, len(e.bottom_shapes[0])))
+        xc = g.op1("Sub", [x, g.op1("ReduceMean", [x], axes=axes, keepdims=1)])
+        if not p.normalize_variance:
+            g.op("Identity", [xc], e.tops)
+            return
+        var = g.op1("ReduceMean", [g.op1("Mul", [xc, xc])], axes=axes, keepdims=1)
+        std = g.op1("Add", [g.op1("Sqrt", [var]), g.scalar(p.eps)])  # Caffe: / (std + eps)
+        g.op("Div", [xc, std], e.tops)
+
 
 @register_layer("Normalize")
 class Normalize(LayerDef):
@@ -174,10 +264,21 @@ class Normalize(LayerDef):
         return [bottoms[0]]
 
     def param_shapes(self, bottoms: list[Shape]) -> list[ParamBlob]:
-        if self.lp.norm_param.channel_shared:
-            return [ParamBlob((1,), "scale")]
-        return [ParamBlob((bottoms[0][1],), "scale")]
+        p = self.lp.norm_param
+        filler = p.scale_filler if p.HasField("scale_filler") else constant_filler(1.0)
+        return [ParamBlob((1,) if p.channel_shared else (bottoms[0][1],), "scale", filler=filler)]
 
     def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
         n = count(tops[0])
         return Cost(2 * n, 4 * n)  # square-accumulate, then divide and scale
+
+    def forward(self, e: Emit) -> None:
+        p = self.lp.norm_param
+        g, x = e.g, e.bottoms[0]
+        nd = len(e.bottom_shapes[0])
+        axes = list(range(1, nd)) if p.across_spatial else [1]
+        ss = g.op1("ReduceSum", [g.op1("Mul", [x, x]), g.const([*axes])], keepdims=1)
+        norm = g.op1("Sqrt", [g.op1("Add", [ss, g.scalar(p.eps)])])  # SSD: sqrt(sum x^2 + eps)
+        y = g.op1("Div", [x, norm])
+        scale = e.params[0] if p.channel_shared else g.reshape(e.params[0], [-1, *([1] * (nd - 2))])
+        g.op("Mul", [y, scale], e.tops)

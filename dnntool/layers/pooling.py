@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dnntool.layers.arith import pool_out
-from dnntool.layers.base import Cost, LayerDef, Shape, count
+from dnntool.layers.base import Cost, Emit, LayerDef, Shape, count
 from dnntool.layers.registry import register_layer
 from dnntool.proto import caffe_pb2
 
@@ -95,6 +95,16 @@ class Pooling(LayerDef):
         n = count(tops[0])
         return Cost(0, n * kh * kw + (n if self.pool == PP.AVE else 0))
 
+    def forward(self, e: Emit) -> None:
+        b = e.bottom_shapes[0]
+        if self.global_ and self.pool == PP.MAX and len(e.tops) == 1:
+            e.g.op("GlobalMaxPool", e.bottoms, e.tops)
+        elif self.global_ and self.pool == PP.AVE:
+            e.g.op("GlobalAveragePool", e.bottoms, e.tops)
+        else:
+            kh, kw = self.window(b)
+            emit_pool(e, e.bottoms[0], b, (kh, kw), self.stride, self.pad, self.pool, self.ceil, e.tops)
+
     def summary(self) -> str:
         name = _POOL_NAMES.get(self.pool, str(self.pool))
         if self.global_:
@@ -127,6 +137,58 @@ class SPP(LayerDef):
 
     def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
         return Cost(0, count(bottoms[0]) * self.height)
+
+    def forward(self, e: Emit) -> None:
+        b = e.bottom_shapes[0]
+        pool = self.lp.spp_param.pool
+        parts = []
+        for level in range(self.height):
+            bins = 2**level
+            k = (-(-b[2] // bins), -(-b[3] // bins))  # Caffe's SPP: ceil(H / bins) windows,
+            pad = ((k[0] * bins - b[2] + 1) // 2, (k[1] * bins - b[3] + 1) // 2)  # centred by padding
+            y = emit_pool(e, e.bottoms[0], b, k, k, pad, pool, True, None)[0]
+            parts.append(e.g.op1("Flatten", [y], axis=1) if self.height > 1 else y)
+        if self.height == 1:
+            e.g.op("Identity", parts, e.tops)
+        else:
+            e.g.op("Concat", parts, e.tops, axis=1)
+
+
+def emit_pool(e: Emit, x: str, b: Shape, kernel, stride, pad, pool: int, ceil: bool,
+              tops: list[str] | None) -> list[str]:
+    """Caffe pooling in ONNX: explicit end padding reproduces the ceil-and-clip output size; AVE
+    divides by Caffe's window size (padding counts, the ceil overhang does not) via a constant map."""
+    import numpy as np
+
+    g = e.g
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
+    clip = bool(ph or pw)
+    oh = pool_out(b[2], kh, ph, sh, ceil, clip)
+    ow = pool_out(b[3], kw, pw, sw, ceil, clip)
+    eh = max(0, (oh - 1) * sh + kh - b[2] - ph)
+    ew = max(0, (ow - 1) * sw + kw - b[3] - pw)
+    attrs = {"kernel_shape": [kh, kw], "strides": [sh, sw], "pads": [ph, pw, eh, ew]}
+    out = tops[:1] if tops else 1
+    if pool == PP.MAX:
+        if tops is not None and len(tops) > 1:  # Caffe's mask: index h*W + w within the channel plane
+            y, idx = g.op("MaxPool", [x], [tops[0], g.fresh("argmax")], **attrs)
+            plane = g.op1("Mod", [idx, g.const(np.asarray(b[2] * b[3], np.int64))])
+            g.op("Cast", [plane], [tops[1]], to=1)
+            return [y, tops[1]]
+        return g.op("MaxPool", [x], out, **attrs)
+    hs = np.arange(oh) * sh - ph
+    ws = np.arange(ow) * sw - pw
+    size_h = np.minimum(hs + kh, b[2] + ph) - hs
+    size_w = np.minimum(ws + kw, b[3] + pw) - ws
+    if pool == PP.AVE:
+        avg = g.op1("AveragePool", [x], count_include_pad=1, **attrs)  # sum / (kh*kw), zeros padded
+        factor = (kh * kw) / np.outer(size_h, size_w)
+        return g.op("Mul", [avg, g.const(factor[None, None].astype(g.dtype))], out)
+    # STOCHASTIC at test time: the probability-weighted average sum(x^2) / sum(x) over the window
+    sq = g.op1("AveragePool", [g.op1("Mul", [x, x])], count_include_pad=1, **attrs)
+    s = g.op1("AveragePool", [x], count_include_pad=1, **attrs)
+    den = g.op1("Add", [s, g.scalar(np.finfo(np.float32).tiny)])
+    return g.op("Div", [sq, den], out)
 
     def summary(self) -> str:
         return f"{self.height} levels"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from dnntool.layers.base import Cost, LayerDef, ParamBlob, Shape, count
+from dnntool.layers.base import Cost, Emit, LayerDef, ParamBlob, Shape, count
 from dnntool.layers.registry import register_layer
 from dnntool.proto import caffe_pb2
 
@@ -41,6 +41,10 @@ class Concat(LayerDef):
             total += b[ax]
         return [(*b0[:ax], total, *b0[ax + 1:])]
 
+    def forward(self, e: Emit) -> None:
+        ax = self.canonical_axis(_legacy_axis(self, self.lp.concat_param, "concat_dim"), len(e.bottom_shapes[0]))
+        e.g.op("Concat", e.bottoms, e.tops, axis=ax)
+
 
 @register_layer("Slice")
 class Slice(LayerDef):
@@ -68,6 +72,12 @@ class Slice(LayerDef):
             sizes = [b[ax] // n] * n
         return [(*b[:ax], s, *b[ax + 1:]) for s in sizes]
 
+    def forward(self, e: Emit) -> None:
+        b = e.bottom_shapes[0]
+        ax = self.canonical_axis(_legacy_axis(self, self.lp.slice_param, "slice_dim"), len(b))
+        sizes = [t[ax] for t in e.top_shapes]
+        e.g.op("Split", [e.bottoms[0], e.g.const(sizes)], e.tops, axis=ax)
+
 
 @register_layer("Split")
 class Split(LayerDef):
@@ -78,6 +88,10 @@ class Split(LayerDef):
 
     def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
         return [bottoms[0]] * len(self.lp.top)
+
+    def forward(self, e: Emit) -> None:
+        for t in e.tops:
+            e.g.op("Identity", e.bottoms, [t])
 
 
 @register_layer("Flatten")
@@ -94,6 +108,9 @@ class Flatten(LayerDef):
         if e < a:
             raise self.error(f"end_axis {p.end_axis} comes before axis {p.axis}")
         return [(*b[:a], math.prod(b[a:e + 1]), *b[e + 1:])]
+
+    def forward(self, e: Emit) -> None:
+        e.g.reshape(e.bottoms[0], e.static_shape(e.top_shapes[0]), e.tops[0])
 
 
 @register_layer("Reshape")
@@ -140,6 +157,12 @@ class Reshape(LayerDef):
     def summary(self) -> str:
         return "x".join(str(d) for d in self.lp.reshape_param.shape.dim)
 
+    def forward(self, e: Emit) -> None:
+        b, top = e.bottom_shapes[0], e.top_shapes[0]
+        if e.batch is not None and (not top or top[0] != b[0]):
+            raise self.error("changes the batch axis, so the model cannot keep a dynamic batch")
+        e.g.reshape(e.bottoms[0], e.static_shape(top), e.tops[0])
+
 
 @register_layer("Crop")
 class Crop(LayerDef):
@@ -168,6 +191,17 @@ class Crop(LayerDef):
             top.append(ref[ax + i])
         return [tuple(top)]
 
+    def forward(self, e: Emit) -> None:
+        a, ref = e.bottom_shapes
+        ax = self.canonical_axis(self.lp.crop_param.axis, len(a))
+        n = len(a) - ax
+        offs = list(self.lp.crop_param.offset) or [0]
+        offs = offs * n if len(offs) == 1 else offs
+        starts = offs
+        ends = [o + ref[ax + i] for i, o in enumerate(offs)]
+        e.g.op("Slice", [e.bottoms[0], e.g.const(starts), e.g.const(ends), e.g.const(list(range(ax, len(a))))],
+               e.tops)
+
 
 @register_layer("Permute")
 class Permute(LayerDef):
@@ -186,6 +220,12 @@ class Permute(LayerDef):
     def summary(self) -> str:
         return ",".join(map(str, self.lp.permute_param.order))
 
+    def forward(self, e: Emit) -> None:
+        nd = len(e.bottom_shapes[0])
+        order = list(self.lp.permute_param.order)
+        order += [i for i in range(nd) if i not in order]
+        e.g.op("Transpose", e.bottoms, e.tops, perm=order)
+
 
 @register_layer("Tile")
 class Tile(LayerDef):
@@ -200,6 +240,13 @@ class Tile(LayerDef):
             raise self.error("tile_param.tiles must be >= 1")
         ax = self.canonical_axis(p.axis, len(b))
         return [(*b[:ax], b[ax] * p.tiles, *b[ax + 1:])]
+
+    def forward(self, e: Emit) -> None:
+        b = e.bottom_shapes[0]
+        ax = self.canonical_axis(self.lp.tile_param.axis, len(b))
+        reps = [1] * len(b)
+        reps[ax] = self.lp.tile_param.tiles
+        e.g.op("Tile", [e.bottoms[0], e.g.const(reps)], e.tops)
 
 
 @register_layer("Eltwise")
@@ -236,6 +283,20 @@ class Eltwise(LayerDef):
         op = caffe_pb2.EltwiseParameter.EltwiseOp.Name(p.operation)
         return op + (" " + ",".join(f"{c:g}" for c in p.coeff) if p.coeff else "")
 
+    def forward(self, e: Emit) -> None:
+        p = self.lp.eltwise_param
+        g = e.g
+        if p.operation == caffe_pb2.EltwiseParameter.PROD:
+            y = e.bottoms[0]
+            for i, b in enumerate(e.bottoms[1:], 1):
+                y = g.op1("Mul", [y, b], e.tops[0] if i == len(e.bottoms) - 1 else None)
+        elif p.operation == caffe_pb2.EltwiseParameter.MAX:
+            g.op("Max", e.bottoms, e.tops)
+        else:
+            terms = [b if not p.coeff or p.coeff[i] == 1 else g.op1("Mul", [b, g.scalar(p.coeff[i])])
+                     for i, b in enumerate(e.bottoms)]
+            g.op("Sum", terms, e.tops)
+
 
 @register_layer("Reduction")
 class Reduction(LayerDef):
@@ -251,6 +312,22 @@ class Reduction(LayerDef):
     def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
         sq = self.lp.reduction_param.operation == caffe_pb2.ReductionParameter.SUMSQ
         return Cost(count(bottoms[0]) if sq else 0, count(bottoms[0]) * (2 if sq else 1))
+
+    def forward(self, e: Emit) -> None:
+        p = self.lp.reduction_param
+        g = e.g
+        b = e.bottom_shapes[0]
+        axes = list(range(self.canonical_axis(p.axis, len(b)), len(b)))
+        RP = caffe_pb2.ReductionParameter
+        if p.operation == RP.SUM:
+            y = g.op1("ReduceSum", [e.bottoms[0], g.const(axes)], keepdims=0)
+        else:
+            op = {RP.ASUM: "ReduceL1", RP.SUMSQ: "ReduceSumSquare", RP.MEAN: "ReduceMean"}[p.operation]
+            y = g.op1(op, [e.bottoms[0]], axes=axes, keepdims=0)
+        if p.coeff != 1:
+            g.op("Mul", [y, g.scalar(p.coeff)], e.tops)
+        else:
+            g.op("Identity", [y], e.tops)
 
 
 @register_layer("ArgMax")
@@ -282,6 +359,26 @@ class ArgMax(LayerDef):
     def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
         return Cost(0, count(bottoms[0]) * self.lp.argmax_param.top_k)
 
+    def forward(self, e: Emit) -> None:
+        p = self.lp.argmax_param
+        g = e.g
+        b, top = e.bottom_shapes[0], e.top_shapes[0]
+        k = g.const([int(p.top_k)])
+        if p.HasField("axis"):
+            ax = self.canonical_axis(p.axis, len(b))
+            vals, idx = g.op("TopK", [e.bottoms[0], k], 2, axis=ax)
+            if p.out_max_val:
+                g.op("Identity", [vals], e.tops)
+            else:
+                g.op("Cast", [idx], e.tops, to=1)
+            return
+        flat = g.op1("Flatten", [e.bottoms[0]], axis=1)
+        vals, idx = g.op("TopK", [flat, k], 2, axis=1)
+        fidx = g.op1("Cast", [idx], to=1)
+        y = g.op1("Concat", [g.op1("Unsqueeze", [fidx, g.const([1])]),
+                             g.op1("Unsqueeze", [vals, g.const([1])])], axis=1) if p.out_max_val else fidx
+        g.reshape(y, e.static_shape(top), e.tops[0])
+
 
 @register_layer("Silence")
 class Silence(LayerDef):
@@ -292,6 +389,9 @@ class Silence(LayerDef):
 
     def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
         return []
+
+    def forward(self, e: Emit) -> None:
+        """Produces nothing."""
 
 
 @register_layer("Parameter")
@@ -305,3 +405,6 @@ class Parameter(LayerDef):
 
     def param_shapes(self, bottoms: list[Shape]) -> list[ParamBlob]:
         return [ParamBlob(tuple(self.lp.parameter_param.shape.dim), "weights")]
+
+    def forward(self, e: Emit) -> None:
+        e.g.op("Identity", e.params, e.tops)

@@ -19,9 +19,10 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-from dnntool.errors import UsageError, WeightsError
+from dnntool.errors import UsageError
 from dnntool.net import Net
 from dnntool.net.net import Layer, format_shape
+from dnntool.net.weights import check_weights
 
 if TYPE_CHECKING:  # numpy (via the caffemodel reader) is only needed with --weights
     from dnntool.io.caffemodel import Weights
@@ -112,44 +113,6 @@ def _batch(net: Net) -> int:
         if layer.impl.is_data and layer.top_shapes and layer.top_shapes[0]:
             return int(layer.top_shapes[0][0]) or 1
     return 1
-
-
-def _same_shape(ours: tuple[int, ...], theirs: tuple[int, ...]) -> bool:
-    """Caffe's blob shape check, lenient to legacy 4-D (num, channels, height, width) blobs."""
-    if tuple(ours) == tuple(theirs):
-        return True
-    if len(theirs) == 4 and len(ours) <= 4:
-        return (1,) * (4 - len(ours)) + tuple(ours) == tuple(theirs)
-    return False
-
-
-def check_weights(net: Net, weights: Weights) -> dict[str, list[tuple[int, ...]]]:
-    """Match a caffemodel to the net by layer name; any disagreement names the layer and both shapes."""
-    found: dict[str, list[tuple[int, ...]]] = {}
-    for layer in net.layers:
-        owned = [p for p in layer.params if p.shared_from is None]
-        if not owned:
-            continue
-        if layer.name not in weights:
-            raise WeightsError(
-                f"layer '{layer.name}' ({layer.type}) has {len(layer.params)} parameter blob(s) in the"
-                f" prototxt but none in the caffemodel", layer=layer.name,
-            )
-        arrays = weights[layer.name]
-        if len(arrays) != len(layer.params):
-            raise WeightsError(
-                f"layer '{layer.name}' ({layer.type}): the caffemodel has {len(arrays)} blob(s), the"
-                f" prototxt expects {len(layer.params)} ({', '.join(p.blob.role for p in layer.params)})",
-                layer=layer.name,
-            )
-        for p, a in zip(layer.params, arrays, strict=True):
-            if not _same_shape(p.shape, a.shape):
-                raise WeightsError(
-                    f"layer '{layer.name}' ({layer.type}) {p.blob.role}: the caffemodel has shape"
-                    f" {format_shape(a.shape)}, the prototxt gives {format_shape(p.shape)}", layer=layer.name,
-                )
-        found[layer.name] = [tuple(a.shape) for a in arrays]
-    return found
 
 
 def _row(layer: Layer, file_shapes: dict[str, list[tuple[int, ...]]] | None) -> Row:

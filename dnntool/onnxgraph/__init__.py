@@ -1,0 +1,1 @@
+"""Pure ONNX helpers (graph building, running); no Caffe knowledge here."""

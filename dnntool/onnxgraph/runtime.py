@@ -1,0 +1,66 @@
+"""The only module that imports onnxruntime: sessions, execution providers, device choice."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from dnntool.errors import DnnToolError, UsageError
+
+
+@dataclass
+class Device:
+    """A parsed ``--device``: ``auto``, ``cpu`` or ``cuda[:N]``."""
+
+    kind: str
+    index: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> Device:
+        m = re.fullmatch(r"(auto|cpu|cuda)(?::(\d+))?", (text or "auto").strip().lower())
+        if not m or (m.group(2) is not None and m.group(1) != "cuda"):
+            raise UsageError(f"invalid device '{text}' (expected auto, cpu, cuda or cuda:N)")
+        return cls(m.group(1), int(m.group(2) or 0))
+
+
+def _gpu_present() -> bool:
+    return any(os.path.exists(p) for p in ("/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg"))
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def providers_for(device: Device) -> list:
+    """The provider list to ask ORT for."""
+    cuda_ok = "CUDAExecutionProvider" in available_providers() and _gpu_present()
+    if device.kind == "cpu" or (device.kind == "auto" and not cuda_ok):
+        return ["CPUExecutionProvider"]
+    if device.kind == "cuda" and not cuda_ok:
+        why = ("this onnxruntime build has no CUDAExecutionProvider (install onnxruntime-gpu)"
+               if "CUDAExecutionProvider" not in available_providers() else "no NVIDIA GPU is visible")
+        raise DnnToolError(f"--device cuda: {why}")
+    return [("CUDAExecutionProvider", {"device_id": device.index}), "CPUExecutionProvider"]
+
+
+def make_session(model, device: str | Device = "auto", threads: int | None = None):
+    """An InferenceSession for a ModelProto, bytes or path; returns (session, provider that runs it)."""
+    import onnxruntime as ort
+
+    dev = device if isinstance(device, Device) else Device.parse(device)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    data = model.SerializeToString() if hasattr(model, "SerializeToString") else model
+    try:
+        sess = ort.InferenceSession(data, sess_options=opts, providers=providers_for(dev))
+    except Exception as e:  # ORT raises its own exception types for invalid models/kernels
+        raise DnnToolError(f"onnxruntime cannot load the model: {' '.join(str(e).split())[:400]}") from None
+    used = sess.get_providers()[0]
+    if dev.kind == "cuda" and used != "CUDAExecutionProvider":
+        raise DnnToolError("--device cuda: onnxruntime fell back to the CPU (CUDA libraries missing?)")
+    return sess, used
