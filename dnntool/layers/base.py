@@ -102,6 +102,22 @@ class Emit:
         return s
 
 
+@dataclass
+class BackEmit:
+    """What a layer's ``backward`` override gets: forward tensor names, the gradients of its tops
+    (None where no gradient arrives) and which of ``bottoms + params`` need a gradient."""
+
+    g: GraphBuilder
+    bottoms: list[str]
+    tops: list[str]
+    params: list[str]
+    bottom_shapes: list[Shape]
+    top_shapes: list[Shape]
+    top_grads: list[str | None]
+    need: list[bool]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
 def constant_filler(value: float) -> caffe_pb2.FillerParameter:
     """A ``constant`` FillerParameter (the defaults Caffe layers use when none is given)."""
     return caffe_pb2.FillerParameter(type="constant", value=value)
@@ -166,6 +182,14 @@ class LayerDef:
     def forward(self, e: Emit) -> None:
         """Emit ONNX nodes computing ``e.tops`` from ``e.bottoms`` and ``e.params`` (Caffe semantics)."""
         raise self.error("has no ONNX translation")
+
+    def backward(self, b: BackEmit) -> list[str | None] | None:
+        """A fused backward: gradients for ``bottoms + params`` (None where none flows).
+
+        Return None (the default) to derive the backward from the forward's ONNX nodes, one rule
+        per op. Override only where that would be wrong or wasteful, and say why.
+        """
+        return None
 
     # -- helpers -----------------------------------------------------------------------------
     def error(self, message: str, cls: type[NetError] = NetError) -> NetError:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dnntool.layers.base import Cost, Emit, LayerDef, LossLayer, Shape, count, count_range
+from dnntool.layers.base import BackEmit, Cost, Emit, LayerDef, LossLayer, Shape, count, count_range
 from dnntool.layers.registry import register_layer
 from dnntool.proto import caffe_pb2
 
@@ -27,6 +27,18 @@ def _class_rows(e: Emit, x: str, shape, ax: int) -> str:
         return e.g.reshape(x, [-1, shape[ax]])
     perm = [*range(ax), *range(ax + 1, nd), ax]
     return e.g.reshape(e.g.op1("Transpose", [x], perm=perm), [-1, shape[ax]])
+
+
+def _rows_back(b: BackEmit, rows: str, shape, ax: int) -> str:
+    """Inverse of :func:`_class_rows`: (outer*inner, C) back to the prediction layout."""
+    g = b.g
+    nd = len(shape)
+    moved = [*shape[:ax], *shape[ax + 1:], shape[ax]]
+    y = g.reshape(rows, moved)
+    if ax == nd - 1:
+        return y
+    inv = [*range(ax), nd - 1, *range(ax, nd - 1)]
+    return g.op1("Transpose", [y], perm=inv)
 
 
 def _labels(e: Emit, label: str, ignore: int | None) -> tuple[str, str | None]:
@@ -90,7 +102,28 @@ class SoftmaxWithLoss(LossLayer):
         total = g.op1("ReduceSum", [nll], keepdims=0)
         count_valid = g.op1("ReduceSum", [valid], keepdims=0) if valid is not None else None
         outer, inner = count_range(pred, 0, ax), count_range(pred, ax + 1)
-        g.op("Div", [total, _normalizer(self, e, count_valid, outer, inner)], e.tops[:1])
+        norm = _normalizer(self, e, count_valid, outer, inner)
+        g.op("Div", [total, norm], e.tops[:1])
+        e.extra.update(rows=rows, lab=lab, valid=valid, norm=norm, axis=ax)
+
+    def backward(self, b: BackEmit) -> list[str | None] | None:
+        """Fused: d(pred) = (p - onehot(label)) x valid x dloss / normaliser, as Caffe's layer.
+
+        The composed rules would route the gradient through Log/Max/GatherElements/Softmax, slower
+        and clamped near p = 0; Caffe's closed form is exact and is what Caffe computes.
+        """
+        g, x = b.g, b.extra
+        dloss = b.top_grads[0]
+        if dloss is None or not b.need[0]:
+            return [None, None]
+        pred = b.bottom_shapes[0]
+        c = pred[x["axis"]]
+        onehot = g.op1("Cast", [g.op1("Equal", [x["lab"], g.const([list(range(c))])])], to=1)
+        d = g.op1("Sub", [x["rows"], onehot])
+        if x["valid"] is not None:
+            d = g.op1("Mul", [d, x["valid"]])
+        d = g.op1("Mul", [d, g.op1("Div", [dloss, x["norm"]])])
+        return [_rows_back(b, d, pred, x["axis"]), None]
 
 
 @register_layer("EuclideanLoss")

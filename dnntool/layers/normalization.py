@@ -209,9 +209,21 @@ class LRN(LayerDef):
     def forward(self, e: Emit) -> None:
         p = self.lp.lrn_param
         g, x = e.g, e.bottoms[0]
-        if p.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS:  # the same formula as ONNX LRN
-            g.op("LRN", [x], e.tops, size=int(p.local_size), alpha=float(p.alpha), beta=float(p.beta),
-                 bias=float(p.k))
+        if p.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS:
+            if not e.train:  # the same formula as ONNX LRN
+                g.op("LRN", [x], e.tops, size=int(p.local_size), alpha=float(p.alpha), beta=float(p.beta),
+                     bias=float(p.k))
+                return
+            # Training: standard ops with gradient rules. The mean of x^2 over n channels (zeros
+            # beyond the edges) is an average pool over a (N, 1, C, H*W) view.
+            n, (_, c, h, w) = int(p.local_size), e.bottom_shapes[0]
+            sq = g.reshape(g.op1("Mul", [x, x]), [e.bottom_shapes[0][0], 1, c, h * w])
+            pad = (n - 1) // 2
+            avg = g.op1("AveragePool", [sq], kernel_shape=[n, 1], pads=[pad, 0, pad, 0], strides=[1, 1],
+                        count_include_pad=1)
+            scale = g.op1("Add", [g.op1("Mul", [g.reshape(avg, e.bottom_shapes[0]), g.scalar(p.alpha)]),
+                                  g.scalar(p.k)])
+            g.op("Mul", [x, g.op1("Pow", [scale, g.scalar(-p.beta)])], e.tops)
             return
         # WITHIN_CHANNEL: x / (1 + alpha * mean of x^2 over an n x n window padded by (n-1)/2)^beta
         n, pad = int(p.local_size), (int(p.local_size) - 1) // 2

@@ -175,6 +175,8 @@ def emit_pool(e: Emit, x: str, b: Shape, kernel, stride, pad, pool: int, ceil: b
             plane = g.op1("Mod", [idx, g.const(np.asarray(b[2] * b[3], np.int64))])
             g.op("Cast", [plane], [tops[1]], to=1)
             return [y, tops[1]]
+        if e.train:  # the argmax positions feed the backward (scatter of dY)
+            return g.op("MaxPool", [x], [out[0] if tops else g.fresh("maxpool_out"), g.fresh("argmax")], **attrs)[:1]
         return g.op("MaxPool", [x], out, **attrs)
     hs = np.arange(oh) * sh - ph
     ws = np.arange(ow) * sw - pw

@@ -46,14 +46,22 @@ class GraphBuilder:
         self.scope = ""
         self._counter: dict[str, int] = {}
         self._consts: dict[tuple, str] = {}
+        self._reserved: set[str] = set()
+
+    def reserve(self, names) -> None:
+        """Names that :meth:`fresh` must never return (e.g. every blob of the net)."""
+        self._reserved.update(names)
 
     # -- naming ------------------------------------------------------------------------------
     def fresh(self, hint: str) -> str:
         """A new unique tensor/node name under the current scope."""
         base = f"{self.scope}/{hint}" if self.scope else hint
-        n = self._counter.get(base, 0)
-        self._counter[base] = n + 1
-        return base if n == 0 else f"{base}_{n}"
+        while True:
+            n = self._counter.get(base, 0)
+            self._counter[base] = n + 1
+            name = base if n == 0 else f"{base}_{n}"
+            if name not in self._reserved:
+                return name
 
     # -- graph parts -------------------------------------------------------------------------
     def op(self, op_type: str, inputs: Sequence[str], outputs: Sequence[str] | int | None = None,

@@ -63,6 +63,65 @@ def _needed_layers(net: Net, outputs: list[str]) -> list[Layer]:
     return [layer for layer in net.layers if layer.name in need]
 
 
+@dataclass
+class Emitted:
+    """What :func:`emit_layers` wrote into a builder."""
+
+    inputs: list[str] = field(default_factory=list)
+    params: dict[str, list[str]] = field(default_factory=dict)  # layer -> param tensor names
+    param_layers: dict[str, tuple[str, int]] = field(default_factory=dict)  # tensor -> (owner, index)
+    node_ranges: dict[str, tuple[int, int]] = field(default_factory=dict)  # layer -> [start, end) of g.nodes
+    extra: dict[str, dict] = field(default_factory=dict)  # layer -> Emit.extra (e.g. batch statistics)
+
+
+def emit_layers(g, net: Net, layers: list[Layer], arrays, out_ids: Sequence[str], batch: str | None = None,
+                params_as_inputs: bool = False, train: bool = False) -> Emitted:
+    """Emit graph inputs, parameters and every layer's nodes into builder ``g``."""
+    em = Emitted()
+    consumed = {b for layer in layers for b in layer.bottoms}
+    for layer in layers:
+        if layer.impl.is_data:
+            for tid, shape in zip(layer.tops, layer.top_shapes, strict=True):
+                if tid in consumed or tid in out_ids:
+                    g.input(tid, [batch or d for d in shape[:1]] + list(shape[1:]))
+                    em.inputs.append(tid)
+    for layer in layers:
+        if layer.impl.is_data:
+            continue
+        if not layer.impl.translatable:
+            raise NetError(
+                f"layer '{layer.name}' ({layer.type}) has no ONNX translation; choose outputs before it"
+                f" (e.g. --outputs {','.join(layer.bottom_names) or '...'})", layer.loc, layer=layer.name,
+            )
+        pnames = []
+        if layer.params:
+            src = arrays.get(layer.name) if arrays is not None else None
+            if src is None and not params_as_inputs:
+                raise NetError(f"layer '{layer.name}' ({layer.type}) has no weights", layer.loc, layer=layer.name)
+            for k, p in enumerate(layer.params):
+                owner = p.shared_from or layer.name
+                pname = param_name(owner, p.share_name or p.blob.role)
+                if pname not in em.param_layers:
+                    if params_as_inputs:
+                        g.input(pname, list(p.shape))
+                    else:
+                        g.initializer(pname, np.asarray(src[k], dtype=g.dtype).reshape(p.shape))
+                    em.param_layers[pname] = (owner, k)
+                pnames.append(pname)
+            em.params[layer.name] = pnames
+        g.scope = layer.name
+        e = Emit(g=g, bottoms=list(layer.bottoms), tops=list(layer.tops), params=pnames,
+                 bottom_shapes=list(layer.bottom_shapes), top_shapes=list(layer.top_shapes),
+                 train=train, batch=batch)
+        start = len(g.nodes)
+        layer.impl.forward(e)
+        em.node_ranges[layer.name] = (start, len(g.nodes))
+        if e.extra:
+            em.extra[layer.name] = e.extra
+        g.scope = ""
+    return em
+
+
 def to_onnx(
     net: Net,
     arrays: Mapping[str, Sequence[np.ndarray]] | None = None,
@@ -87,49 +146,12 @@ def to_onnx(
         raise NetError(f"net '{net.name}' has no outputs to translate")
     layers = _needed_layers(net, out_ids)
     batch = "N" if dynamic_batch else None
-    tr = Translation(model=None, inputs=[], outputs=list(out_ids))
-    consumed = {b for layer in layers for b in layer.bottoms}
-    for layer in layers:
-        if layer.impl.is_data:
-            for tid, shape in zip(layer.tops, layer.top_shapes, strict=True):
-                if tid in consumed or tid in out_ids:
-                    dims = [batch or d for d in shape[:1]] + list(shape[1:])
-                    g.input(tid, dims)
-                    tr.inputs.append(tid)
-    for layer in layers:
-        if layer.impl.is_data:
-            continue
-        if not layer.impl.translatable:
-            raise NetError(
-                f"layer '{layer.name}' ({layer.type}) has no ONNX translation; choose outputs before it"
-                f" (e.g. --outputs {','.join(layer.bottom_names) or '...'})", layer.loc, layer=layer.name,
-            )
-        pnames = []
-        if layer.params:
-            src = arrays.get(layer.name) if arrays is not None else None
-            if src is None and not params_as_inputs:
-                raise NetError(f"layer '{layer.name}' ({layer.type}) has no weights", layer.loc, layer=layer.name)
-            for k, p in enumerate(layer.params):
-                owner = p.shared_from or layer.name
-                role = p.share_name or p.blob.role
-                pname = param_name(owner, role)
-                if pname not in g.initializers and pname not in {i.name for i in g.inputs}:
-                    if params_as_inputs:
-                        g.input(pname, list(p.shape))
-                    else:
-                        g.initializer(pname, np.asarray(src[k], dtype=dtype).reshape(p.shape))
-                pnames.append(pname)
-            tr.params[layer.name] = pnames
-        g.scope = layer.name
-        e = Emit(g=g, bottoms=list(layer.bottoms), tops=list(layer.tops), params=pnames,
-                 bottom_shapes=list(layer.bottom_shapes), top_shapes=list(layer.top_shapes),
-                 train=train, batch=batch)
-        layer.impl.forward(e)
-        g.scope = ""
+    g.reserve(net.blobs)
+    em = emit_layers(g, net, layers, arrays, out_ids, batch, params_as_inputs, train)
+    tr = Translation(model=None, inputs=em.inputs, outputs=list(out_ids), params=em.params)
     for tid in out_ids:
         blob = net.blobs[tid]
-        shape = [batch or d for d in blob.shape[:1]] + list(blob.shape[1:])
-        g.output(tid, shape)
+        g.output(tid, [batch or d for d in blob.shape[:1]] + list(blob.shape[1:]))
         tr.output_blobs[tid] = blob.name
     tr.model = g.model(doc=f"translated from {net.source or net.name} by dnntool")
     return tr
