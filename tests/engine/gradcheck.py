@@ -55,7 +55,7 @@ def check_layer_gradient(net: Net, feeds: dict[str, np.ndarray], step: float = 1
     """Run the check; raise AssertionError naming the blob and element that fails."""
     import onnxruntime as ort
 
-    model, em, wrt, grads = build_check_model(net, wrt_inputs)
+    model, _, wrt, _ = build_check_model(net, wrt_inputs)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     feeds = {k: np.asarray(v, np.float32) for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}}
