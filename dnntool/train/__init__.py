@@ -1,0 +1,1 @@
+"""Training: Caffe's solvers and the training loop, running on ONNX Runtime."""

@@ -1,0 +1,211 @@
+"""One training iteration as ONNX Runtime work: a gradient model (forward, loss, backward, BatchNorm
+moving averages) and an update model (the solver), with weights and solver history kept as
+OrtValues between steps (IO binding) so a step moves only the batch in and the losses out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dnntool.errors import NetError
+from dnntool.net import Net
+from dnntool.onnxgraph.builder import GraphBuilder
+from dnntool.proto import caffe_pb2
+from dnntool.train.solver import (
+    HISTORY_SETS,
+    ParamUpdate,
+    adam_correction,
+    emit_update,
+    learning_rate,
+    solver_type,
+)
+from dnntool.translate.backward import emit_backward
+from dnntool.translate.forward import emit_layers, param_name
+
+
+@dataclass
+class Blob:
+    """An owned parameter blob of the net in Caffe's learnable_params order."""
+
+    name: str  # tensor name (``layer::role``)
+    layer: str
+    index: int
+    shape: tuple[int, ...]
+    learnable: bool
+    lr_mult: float
+    decay_mult: float
+
+
+@dataclass
+class TrainGraphs:
+    grad_model: object
+    update_model: object
+    blobs: list[Blob]
+    data_inputs: list[str]
+    outputs: list[tuple[str, str, float]]  # (tensor, Caffe blob name, loss weight) logged each step
+    bn_updates: dict[str, str] = field(default_factory=dict)  # blob tensor -> new value output
+
+
+def owned_blobs(net: Net) -> list[Blob]:
+    """Every parameter blob the net owns (shared ones once), in net order, as Caffe's solver sees them."""
+    out, seen = [], set()
+    for layer in net.layers:
+        for k, p in enumerate(layer.params):
+            if p.shared_from is not None:
+                continue
+            name = param_name(layer.name, p.share_name or p.blob.role)
+            if name in seen:
+                continue
+            seen.add(name)
+            out.append(Blob(name, layer.name, k, tuple(p.shape), p.blob.learnable, p.lr_mult, p.decay_mult))
+    return out
+
+
+def build_train_graphs(net: Net, sp: caffe_pb2.SolverParameter) -> TrainGraphs:
+    """The two ONNX models of a training step for a TRAIN-phase net."""
+    blobs = owned_blobs(net)
+    g = GraphBuilder(f"{net.name or 'net'}_train")
+    g.reserve(net.blobs)
+    layers = [layer for layer in net.layers]
+    loss_tops = [(t, w) for layer in layers for t, w in zip(layer.tops, layer.loss_weights, strict=True) if w]
+    if not loss_tops:
+        raise NetError(f"net '{net.name}' has no loss (no top with a loss_weight) to train")
+    out_ids = net.output_ids()
+    em = emit_layers(g, net, layers, None, out_ids, params_as_inputs=True, train=True)
+    seeds = {t: g.const(np.asarray(w, np.float32) * np.ones(net.blobs[t].shape, np.float32), name=f"seed::{t}")
+             for t, w in loss_tops}
+    wrt = [b.name for b in blobs if b.learnable and b.lr_mult != 0]
+    grads = emit_backward(g, layers, em, seeds, wrt)
+    outputs = []
+    for tid in out_ids:
+        w = dict(loss_tops).get(tid, 0.0)
+        outputs.append((g.op1("Identity", [tid], f"out::{tid}"), net.blobs[tid].name, w))
+        g.output(outputs[-1][0], list(net.blobs[tid].shape))
+    for b in blobs:
+        if b.name in grads:
+            gr = grads[b.name] if grads[b.name] is not None else g.const(np.zeros(b.shape, np.float32))
+            g.output(g.op1("Identity", [gr], f"grad::{b.name}"), list(b.shape))
+    bn_updates = _emit_bn_updates(g, net, em)
+    grad_model = g.model()
+
+    u = GraphBuilder(f"{net.name or 'net'}_update")
+    lr = u.input("lr", [])
+    correction = u.input("correction", []) if solver_type(sp) == "Adam" else None
+    updates = [ParamUpdate(b.name, b.shape, b.lr_mult, b.decay_mult) for b in blobs if b.name in wrt]
+    sets = HISTORY_SETS[solver_type(sp)]
+    ugrads = {}
+    for p in updates:
+        u.input(p.name, list(p.shape))
+        ugrads[p.name] = u.input(f"grad::{p.name}", list(p.shape))
+        for s in range(sets):
+            u.input(f"hist{s}::{p.name}", list(p.shape))
+    outs = emit_update(u, sp, updates, ugrads, lr, correction)
+    for p in updates:
+        for key in [f"new::{p.name}", *[f"new_hist{s}::{p.name}" for s in range(sets)]]:
+            u.output(outs[key], list(p.shape))
+    return TrainGraphs(grad_model, u.model(), blobs, list(em.inputs), outputs, bn_updates)
+
+
+def _emit_bn_updates(g: GraphBuilder, net: Net, em) -> dict[str, str]:
+    """Caffe's BatchNorm moving averages: f = f*maf + 1; mean = mean*maf + m; var = var*maf + m/(m-1) v."""
+    updates = {}
+    for layer in net.layers:
+        x = em.extra.get(layer.name, {})
+        if "batch_mean" not in x:
+            continue
+        maf = layer.param.batch_norm_param.moving_average_fraction
+        mean_b, var_b, f_b = em.params[layer.name]
+        shape = layer.bottom_shapes[0]
+        m = int(np.prod(shape)) // (shape[1] if len(shape) > 1 else 1)
+        corr = m / (m - 1) if m > 1 else 1.0
+        c = shape[1] if len(shape) > 1 else 1
+        bm = g.reshape(x["batch_mean"], [c])
+        bv = g.reshape(x["batch_var"], [c])
+        for blob, new in ((mean_b, g.op1("Add", [g.op1("Mul", [mean_b, g.scalar(maf)]), bm])),
+                          (var_b, g.op1("Add", [g.op1("Mul", [var_b, g.scalar(maf)]), g.op1("Mul", [bv, g.scalar(corr)])])),
+                          (f_b, g.op1("Add", [g.op1("Mul", [f_b, g.scalar(maf)]), g.scalar(1.0)]))):
+            out = g.op1("Identity", [new], f"bn::{blob}")
+            g.output(out, [c] if blob != f_b else [1])
+            updates[blob] = out
+    return updates
+
+
+class Trainer:
+    """Holds the two sessions, the weights and the solver history; ``step`` runs one iteration."""
+
+    def __init__(self, net: Net, sp: caffe_pb2.SolverParameter, weights: dict[str, np.ndarray],
+                 device: str = "auto", threads: int | None = None):
+        from dnntool.onnxgraph.runtime import make_session
+
+        self.net, self.sp = net, sp
+        self.graphs = build_train_graphs(net, sp)
+        self.grad_sess, self.provider = make_session(self.graphs.grad_model, device, threads)
+        self.update_sess, _ = make_session(self.graphs.update_model, device, threads)
+        self.kind = solver_type(sp)
+        self.sets = HISTORY_SETS[self.kind]
+        self.values: dict[str, np.ndarray] = {}
+        for b in self.graphs.blobs:
+            self.values[b.name] = np.ascontiguousarray(weights[b.name], np.float32).reshape(b.shape)
+            for s in range(self.sets):
+                self.values[f"hist{s}::{b.name}"] = np.zeros(b.shape, np.float32)
+        self._grad_inputs = {i.name for i in self.grad_sess.get_inputs()}
+        self._update_inputs = [i.name for i in self.update_sess.get_inputs()]
+        self._update_outputs = [o.name for o in self.update_sess.get_outputs()]
+        self._grad_outputs = [o.name for o in self.grad_sess.get_outputs()]
+        self.iter = 0
+
+    @property
+    def trained(self) -> list[str]:
+        return [n[len("grad::"):] for n in self._grad_outputs if n.startswith("grad::")]
+
+    def step(self, feeds_per_subbatch: list[dict[str, np.ndarray]]) -> dict[str, float]:
+        """One iteration over ``iter_size`` sub-batches: gradients summed, one update. Returns the
+        mean of each logged output over the sub-batches."""
+        acc: dict[str, np.ndarray] = {}
+        sums: dict[str, float] = {}
+        for feeds in feeds_per_subbatch:
+            inputs = {k: v for k, v in self.values.items() if k in self._grad_inputs}
+            inputs.update({k: np.asarray(v, np.float32) for k, v in feeds.items() if k in self._grad_inputs})
+            res = dict(zip(self._grad_outputs, self.grad_sess.run(None, inputs), strict=True))
+            for name, val in res.items():
+                if name.startswith("grad::"):
+                    key = name[len("grad::"):]
+                    acc[key] = val if key not in acc else acc[key] + val
+                elif name.startswith("bn::"):
+                    self.values[name[len("bn::"):]] = val
+                elif name.startswith("out::"):
+                    sums[name[len("out::"):]] = sums.get(name[len("out::"):], 0.0) + float(np.mean(val))
+        lr = learning_rate(self.sp, self.iter)
+        feeds = {"lr": np.asarray(lr, np.float32)}
+        if self.kind == "Adam":
+            feeds["correction"] = np.asarray(adam_correction(self.sp, self.iter), np.float32)
+        for name in self._update_inputs:
+            if name.startswith("grad::"):
+                feeds[name] = acc[name[len("grad::"):]]
+            elif name not in feeds:
+                feeds[name] = self.values[name]
+        for name, val in zip(self._update_outputs, self.update_sess.run(None, feeds), strict=True):
+            self.values[name.replace("new_", "", 1).replace("new::", "", 1)] = val
+        self.iter += 1
+        n = max(1, len(feeds_per_subbatch))
+        out = {k: v / n for k, v in sums.items()}
+        out["lr"] = lr
+        return out
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return {b.name: self.values[b.name] for b in self.graphs.blobs}
+
+    def history(self) -> list[np.ndarray]:
+        """Solver history in Caffe's solverstate order: each set over all owned blobs."""
+        return [self.values[f"hist{s}::{b.name}"] for s in range(self.sets) for b in self.graphs.blobs]
+
+    def set_history(self, arrays: list[np.ndarray]) -> None:
+        blobs = self.graphs.blobs
+        if len(arrays) != self.sets * len(blobs):
+            raise NetError(f"the solverstate has {len(arrays)} history blobs; this net and solver need"
+                           f" {self.sets * len(blobs)}")
+        for k, arr in enumerate(arrays):
+            b = blobs[k % len(blobs)]
+            self.values[f"hist{k // len(blobs)}::{b.name}"] = np.asarray(arr, np.float32).reshape(b.shape)
