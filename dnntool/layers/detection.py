@@ -17,7 +17,18 @@ import re
 from collections.abc import Callable, Sequence
 
 from dnntool.errors import NeedsInputShape
-from dnntool.layers.base import Cost, DataLayer, LayerDef, LossLayer, Shape, count, count_range
+from dnntool.layers import detection_ops as ops
+from dnntool.layers.base import (
+    Cost,
+    DataLayer,
+    Emit,
+    LayerDef,
+    LossLayer,
+    Shape,
+    count,
+    count_range,
+)
+from dnntool.layers.loss import SoftmaxWithLoss, batch_count
 from dnntool.layers.registry import register_layer
 from dnntool.proto import caffe_pb2
 
@@ -38,6 +49,20 @@ def _legacy(layer: LayerDef, s: Shape, i: int) -> int:
 
 def _chw(layer: LayerDef, s: Shape) -> tuple[int, int, int]:
     return _legacy(layer, s, 1), _legacy(layer, s, 2), _legacy(layer, s, 3)
+
+
+def _same_layout(e: Emit) -> list[str]:
+    """The bottoms, each viewed with bottom 0's shape (the forks index them by position only)."""
+    ref = e.bottom_shapes[0]
+    return [x if s == ref else e.g.reshape(x, [-1, *ref[1:]])
+            for x, s in zip(e.bottoms, e.bottom_shapes, strict=True)]
+
+
+def _per_batch(e: Emit, norm: float, scales: bool) -> str:
+    """A loss normaliser; one that counts per sample (N, N*H*W) follows the runtime batch size."""
+    if e.batch is None or not scales:
+        return e.g.scalar(norm)
+    return e.g.op1("Max", [batch_count(e, e.bottoms[0], norm), e.g.scalar(1.0)])
 
 
 def _scale_str(scale: float) -> str:
@@ -87,6 +112,7 @@ class PriorBox(LayerDef):
             if p.min_size or p.max_size or p.aspect_ratio:
                 raise self.error("explicit width/height exclude min_size, max_size and aspect_ratio")
             self.min_sizes: list[float] = []
+            self.ratios: list[float] = []
             self.num_priors = len(p.width)
         else:
             self._sizes_and_ratios(p)
@@ -126,6 +152,7 @@ class PriorBox(LayerDef):
             ratios.append(ar)
             if p.flip:
                 ratios.append(1.0 / ar)
+        self.ratios = ratios
         self.num_priors = len(ratios) * len(self.min_sizes)
         if p.max_size:
             if len(p.max_size) != len(self.min_sizes):
@@ -138,6 +165,17 @@ class PriorBox(LayerDef):
     def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
         h, w = _legacy(self, bottoms[0], 2), _legacy(self, bottoms[0], 3)
         return [(1, 2, h * w * self.num_priors * 4)]
+
+    def forward(self, e: Emit) -> None:
+        """A constant: the priors depend only on the two bottoms' shapes (see ops.prior_boxes)."""
+        p = self.lp.prior_box_param
+        if len(p.offset_h) > 2:
+            raise self.error(f"{len(p.offset_h)} offset_h/offset_w pairs: OpenCV's prior count"
+                             " (x 2(n-1)) disagrees with the centres it generates (x n) beyond 2 pairs")
+        feat, image = e.bottom_shapes
+        boxes = ops.prior_boxes(p, self.ratios, (_legacy(self, feat, 2), _legacy(self, feat, 3)),
+                                (_legacy(self, image, 2), _legacy(self, image, 3)))
+        e.g.op("Identity", [e.g.const(boxes.astype(e.g.dtype))], e.tops[:1])
 
     def summary(self) -> str:
         mins = f", min {','.join(f'{m:g}' for m in self.min_sizes)}" if self.min_sizes else ""
@@ -163,9 +201,13 @@ def _check_box_predictions(layer: LayerDef, bottoms: list[Shape], num_classes: i
 
 @register_layer("DetectionOutput")
 class DetectionOutput(LayerDef):
-    """SSD decode + per-class NMS + keep_top_k: rows [image, label, score, xmin, ymin, xmax, ymax]; (1,1,1,7) at setup."""
+    """SSD decode + per-class NMS + keep_top_k: rows [image, label, score, xmin, ymin, xmax, ymax]; (1,1,1,7) at setup.
+
+    Not translated: NMS post-processing whose number of rows depends on the data.
+    """
 
     family = "detection"
+    translatable = False
     bottoms = (3, 4)  # loc, conf, priors (+ the image in OpenCV's variant, unused for shapes)
 
     def setup(self) -> None:
@@ -191,9 +233,13 @@ class DetectionOutput(LayerDef):
 
 @register_layer("MultiBoxLoss")
 class MultiBoxLoss(LossLayer):
-    """SSD loss: prior/ground-truth matching, hard negative mining, smooth L1 on locations + softmax on confidences."""
+    """SSD loss: prior/ground-truth matching, hard negative mining, smooth L1 on locations + softmax on confidences.
+
+    Not translated: a training loss whose matching and mining are data-dependent C++ loops.
+    """
 
     family = "loss"
+    translatable = False
     bottoms = (4, 4)  # loc, conf, priors, ground truth (1, 1, G, 8)
 
     def setup(self) -> None:
@@ -223,9 +269,13 @@ class MultiBoxLoss(LossLayer):
 
 @register_layer("DetectionEvaluate")
 class DetectionEvaluate(LayerDef):
-    """SSD mAP bookkeeping: rows [image, label, score, tp, fp]; (1, 1, positive classes + detections, 5)."""
+    """SSD mAP bookkeeping: rows [image, label, score, tp, fp]; (1, 1, positive classes + detections, 5).
+
+    Not translated: evaluation over a data-dependent detection list.
+    """
 
     family = "loss"
+    translatable = False
     bottoms = (2, 2)  # detections (1, 1, D, 7), ground truth (1, 1, G, 8)
 
     def setup(self) -> None:
@@ -309,6 +359,11 @@ class ROIPooling(LayerDef):
     def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
         return Cost(0, count(tops[0]))
 
+    def forward(self, e: Emit) -> None:
+        rois = e.g.reshape(e.bottoms[1], [-1, 5])
+        ops.emit_roi_max_pool(e, e.bottoms[0], rois, self.pooled, self.lp.roi_pooling_param.spatial_scale,
+                              e.tops[0])
+
     def summary(self) -> str:
         return f"{self.pooled[0]}x{self.pooled[1]}, scale {_scale_str(self.lp.roi_pooling_param.spatial_scale)}"
 
@@ -341,6 +396,14 @@ class PSROIPooling(LayerDef):
     def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
         return Cost(0, count(tops[0]))
 
+    def forward(self, e: Emit) -> None:
+        data = e.bottom_shapes[0]
+        if len(data) != 4:
+            raise self.shape_error(f"expects a 4-D bottom (N,C,H,W), got {_fmt(data)}")
+        rois = e.g.reshape(e.bottoms[1], [-1, 5])
+        ops.emit_psroi_pool(e, e.bottoms[0], rois, data, self.dim, self.group,
+                            self.lp.psroi_pooling_param.spatial_scale, e.tops[0])
+
     def summary(self) -> str:
         g = self.group
         return f"{self.dim}x{g}x{g}, scale {_scale_str(self.lp.psroi_pooling_param.spatial_scale)}"
@@ -365,6 +428,29 @@ class SmoothL1Loss(LossLayer):
 
     def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
         return Cost(0, (6 if len(bottoms) > 2 else 4) * count(bottoms[0]))
+
+    def forward(self, e: Emit) -> None:
+        """rbg's fork: sum |w_out * smoothL1(w_in * (pred - target))| / N (caffe_gpu_asum, then / num).
+
+        An explicit loss_param normalization/normalize follows R-FCN's variant of this layer instead.
+        """
+        g = e.g
+        b = _same_layout(e)
+        d = g.op1("Sub", [b[0], b[1]])
+        if len(b) > 2:
+            d = g.op1("Mul", [b[2], d])
+        sigma = float(self.lp.smooth_l1_loss_param.sigma)
+        err = ops.smooth_l1(e, d, sigma * sigma)
+        if len(b) > 3:
+            err = g.op1("Mul", [b[3], err])
+        lp, shape = self.lp.loss_param, e.bottom_shapes[0]
+        n = _legacy(self, shape, 0)
+        if lp.HasField("normalization") or lp.HasField("normalize"):
+            norm, scales = ops.rfcn_normalizer(lp, n, _legacy(self, shape, 2) * _legacy(self, shape, 3))
+        else:
+            norm, scales = float(max(1, n)), True
+        total = g.op1("ReduceSum", [g.op1("Abs", [err])], keepdims=0)
+        g.op("Div", [total, _per_batch(e, norm, scales)], e.tops[:1])
 
     def summary(self) -> str:
         p = self.lp.smooth_l1_loss_param
@@ -391,13 +477,38 @@ class SmoothL1LossOHEM(LossLayer):
     def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
         return Cost(0, (5 if len(bottoms) > 2 else 4) * count(bottoms[0]))
 
+    def forward(self, e: Emit) -> None:
+        """sum |smoothL1(w * (pred - target))| / R-FCN's normaliser (VALID: N*H*W); top 1 = the
+        per-RoI sum over channels (smooth_L1_loss_ohem_layer.cu, sigma 1)."""
+        g = e.g
+        b = _same_layout(e)
+        d = g.op1("Sub", [b[0], b[1]])
+        if len(b) > 2:
+            d = g.op1("Mul", [b[2], d])
+        err = ops.smooth_l1(e, d, 1.0)
+        shape = e.bottom_shapes[0]
+        norm, scales = ops.rfcn_normalizer(self.lp.loss_param, shape[0], count_range(shape, 2))
+        total = g.op1("ReduceSum", [g.op1("Abs", [err])], keepdims=0)
+        g.op("Div", [total, _per_batch(e, norm, scales)], e.tops[:1])
+        if len(e.tops) > 1:
+            g.op("ReduceSum", [err, g.const([1])], e.tops[1:2], keepdims=1)
+
 
 @register_layer("SoftmaxWithLossOHEM")
-class SoftmaxWithLossOHEM(LossLayer):
-    """R-FCN OHEM softmax loss: tops loss, probabilities (like the scores), per-RoI loss (like the labels)."""
+class SoftmaxWithLossOHEM(SoftmaxWithLoss):
+    """R-FCN OHEM softmax loss: tops loss, probabilities (like the scores), per-RoI loss (like the labels).
+
+    SoftmaxWithLoss's loss and probabilities; top 2 is each position's -log(max(p[label], FLT_MIN)),
+    0 where ignored (softmax_loss_ohem_layer.cu).
+    """
 
     family = "loss"
     tops = (1, 3)
+
+    def forward(self, e: Emit) -> None:
+        super().forward(e)
+        if len(e.tops) > 2:
+            e.g.reshape(e.extra["nll"], [-1, *e.top_shapes[2][1:]] if e.top_shapes[2] else [], e.tops[2])
 
     def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
         pred, label = bottoms
@@ -414,9 +525,13 @@ class SoftmaxWithLossOHEM(LossLayer):
 
 @register_layer("BoxAnnotatorOHEM")
 class BoxAnnotatorOHEM(LayerDef):
-    """R-FCN OHEM: keeps the roi_per_img hardest RoIs; tops labels (R, 1, H, W) and box loss weights (R, 4K, H, W)."""
+    """R-FCN OHEM: keeps the roi_per_img hardest RoIs; tops labels (R, 1, H, W) and box loss weights (R, 4K, H, W).
+
+    Not translated: training-time hard-example selection (sorts RoIs by loss).
+    """
 
     family = "detection"
+    translatable = False
     bottoms = (4, 4)  # rois, per-RoI loss, labels, bbox weights
     tops = (2, 2)
 
@@ -451,9 +566,11 @@ class Proposal(LayerDef):
     """RPN proposals (C++ layer, OpenCV's proposal_param): rois (post_nms_topn, 5) [+ scores (post_nms_topn, 1)].
 
     Anchors: |ratio| x |scale| (0.5,1,2 x 8,16,32 when unset); scores (1, 2A, H, W), deltas (1, 4A, H, W).
+    Not translated: NMS over proposals, a data-dependent number of RoIs.
     """
 
     family = "detection"
+    translatable = False
     bottoms = (3, 3)  # objectness scores, box deltas, im_info
     tops = (1, 2)
     # OpenCV allocates post_nms_topn rows (fewer may be filled); the Caffe C++ forks set (1, 5) at setup
@@ -659,7 +776,10 @@ class PythonLayer(LayerDef):
     """Caffe's Python layer (``python_param.module``/``layer``): shapes from a table of known layers or --input-shape.
 
     Never imports the module. Without bottoms it is a data layer. No parameter blobs.
+    Not translated: its forward is arbitrary Python code (as a data layer its tops are graph inputs).
     """
+
+    translatable = False
 
     bottoms = (0, None)
     tops = (0, None)
@@ -748,6 +868,12 @@ class Correlation(LayerDef):
             return Cost(0, 3 * n * taps + n)  # |a - b| summed, then normalised
         return Cost(n * taps, 2 * n * taps + n)
 
+    def forward(self, e: Emit) -> None:
+        p = self.lp.correlation_param
+        if p.do_abs or p.single_direction:
+            raise self.error("do_abs and single_direction are not supported (Correlation1D options)")
+        ops.emit_correlation(e, e.bottoms[0], e.bottoms[1], p, e.tops[0])
+
     def summary(self) -> str:
         return f"d{self.d} k{self.k} s{self.s1}/{self.s2}" + (f" p{self.pad}" if self.pad else "")
 
@@ -778,6 +904,10 @@ class SegAccuracy(LayerDef):
 
     def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
         return Cost(0, count(bottoms[0]))
+
+    def forward(self, e: Emit) -> None:
+        p = self.lp.seg_accuracy_param
+        ops.emit_seg_accuracy(e, list(p.ignore_label), list(p.output_label))
 
 
 @register_layer("ImageSegData")
@@ -822,9 +952,13 @@ class BboxData(DataLayer):
 
 @register_layer("SqueezeDetLoss")
 class SqueezeDetLoss(LossLayer):
-    """SqueezeDet loss: class softmax + confidence sigmoid + box regression against the box list; scalar."""
+    """SqueezeDet loss: class softmax + confidence sigmoid + box regression against the box list; scalar.
+
+    Not translated: a training loss that matches anchors to a variable box list in C++.
+    """
 
     family = "loss"
+    translatable = False
     bottoms = (4, 4)  # class scores, confidences, box deltas, boxes
 
     def setup(self) -> None:
@@ -846,9 +980,14 @@ class SqueezeDetLoss(LossLayer):
 
 @register_layer("SoftmaxCrossEntropyLoss")
 class SoftmaxCrossEntropyLoss(LossLayer):
-    """Colorization loss: -sum target * log softmax(x) with soft targets of the same count; scalar."""
+    """Colorization loss: -sum target * log softmax(x) with soft targets of the same count; scalar.
+
+    Not translated: the forks disagree on its normaliser (N or N*H*W) and the colorization fork's
+    source is not at hand to pin it.
+    """
 
     family = "loss"
+    translatable = False
 
     def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
         if count(bottoms[0]) != count(bottoms[1]):

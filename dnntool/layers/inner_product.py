@@ -50,6 +50,8 @@ class InnerProduct(LayerDef):
         b, top = e.bottom_shapes[0], e.top_shapes[0]
         ax = self.canonical_axis(self.lp.inner_product_param.axis, len(b))
         k = self.split(b)[1]
+        if ax == 0 and e.batch is not None:
+            raise self.error("axis 0 takes the batch into the product, so the model cannot keep a dynamic batch")
         g = e.g
         x = g.op1("Flatten", [e.bottoms[0]], axis=ax) if ax >= 1 else g.reshape(e.bottoms[0], [1, k])
         trans_b = 0 if self.lp.inner_product_param.transpose else 1
@@ -57,7 +59,8 @@ class InnerProduct(LayerDef):
         g.op("Gemm", [x, *e.params], [e.tops[0]] if last else 1, transB=trans_b)
         if not last:
             y = g.nodes[-1].output[0]
-            g.reshape(y, e.static_shape(top) if ax >= 1 else list(top), e.tops[0])
+            # -1, not Reshape's 0 (copy): y's dim 0 is M = N*..., not the batch
+            g.reshape(y, [-1, *top[1:]] if e.batch is not None and ax >= 1 else list(top), e.tops[0])
 
 
 @register_layer("Embed")

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from dnntool.layers.base import BackEmit, Cost, Emit, LayerDef, LossLayer, Shape, count, count_range
 from dnntool.layers.registry import register_layer
 from dnntool.proto import caffe_pb2
 
 
-def _normalizer(layer: LayerDef, e: Emit, valid: str | None, outer: int, inner: int) -> str:
+def batch_count(e: Emit, x: str, value: float) -> str:
+    """``value``, a count proportional to the batch of bottom ``x``, as a scalar tensor: a constant,
+    or scaled by x's runtime dim 0 when the batch is dynamic (static shapes hold batch N)."""
+    g = e.g
+    n0 = e.bottom_shapes[e.bottoms.index(x)][0] if e.bottom_shapes[e.bottoms.index(x)] else 0
+    if e.batch is None or not n0:
+        return g.scalar(float(value))
+    from dnntool.onnxgraph.builder import onnx_dtype
+
+    n = g.op1("Cast", [g.op1("Gather", [g.op1("Shape", [x]), g.const(0)])], to=onnx_dtype(g.dtype))
+    return g.op1("Mul", [n, g.scalar(value / n0)])
+
+
+def _normalizer(layer: LayerDef, e: Emit, valid: str | None, outer: int, inner: int,
+                batch_of: str | None = None) -> str:
     """Caffe's LossLayer normaliser (VALID default; legacy ``normalize: false`` is BATCH_SIZE), >= 1."""
     p = layer.lp.loss_param
     NM = caffe_pb2.LossParameter
@@ -17,6 +33,8 @@ def _normalizer(layer: LayerDef, e: Emit, valid: str | None, outer: int, inner: 
     if mode == NM.VALID and valid is not None:
         return e.g.op1("Max", [valid, e.g.scalar(1.0)])
     n = {NM.FULL: outer * inner, NM.VALID: outer * inner, NM.BATCH_SIZE: outer, NM.NONE: 1}.get(mode, 1)
+    if batch_of is not None and e.batch is not None and mode != NM.NONE:  # N is only known at run time
+        return e.g.op1("Max", [batch_count(e, batch_of, n), e.g.scalar(1.0)])
     return e.g.scalar(float(max(1, n)))
 
 
@@ -102,9 +120,9 @@ class SoftmaxWithLoss(LossLayer):
         total = g.op1("ReduceSum", [nll], keepdims=0)
         count_valid = g.op1("ReduceSum", [valid], keepdims=0) if valid is not None else None
         outer, inner = count_range(pred, 0, ax), count_range(pred, ax + 1)
-        norm = _normalizer(self, e, count_valid, outer, inner)
+        norm = _normalizer(self, e, count_valid, outer, inner, e.bottoms[0] if ax > 0 else None)
         g.op("Div", [total, norm], e.tops[:1])
-        e.extra.update(rows=rows, lab=lab, valid=valid, norm=norm, axis=ax)
+        e.extra.update(rows=rows, lab=lab, valid=valid, norm=norm, axis=ax, nll=nll)
 
     def backward(self, b: BackEmit) -> list[str | None] | None:
         """Fused: d(pred) = (p - onehot(label)) x valid x dloss / normaliser, as Caffe's layer.
@@ -147,7 +165,7 @@ class EuclideanLoss(LossLayer):
         b = g.reshape(e.bottoms[1], [-1])
         d = g.op1("Sub", [a, b])
         ss = g.op1("ReduceSum", [g.op1("Mul", [d, d])], keepdims=0)
-        g.op("Div", [ss, g.scalar(2.0 * e.bottom_shapes[0][0])], e.tops)
+        g.op("Div", [ss, batch_count(e, e.bottoms[0], 2.0 * e.bottom_shapes[0][0])], e.tops)
 
 
 @register_layer("SigmoidCrossEntropyLoss")
@@ -182,7 +200,7 @@ class SigmoidCrossEntropyLoss(LossLayer):
             valid = g.op1("ReduceSum", [keep], keepdims=0)
         total = g.op1("Neg", [g.op1("ReduceSum", [term], keepdims=0)])
         shape = e.bottom_shapes[0]
-        g.op("Div", [total, _normalizer(self, e, valid, shape[0], count_range(shape, 1))], e.tops)
+        g.op("Div", [total, _normalizer(self, e, valid, shape[0], count_range(shape, 1), e.bottoms[0])], e.tops)
 
 
 @register_layer("ContrastiveLoss")
@@ -209,10 +227,10 @@ class ContrastiveLoss(LossLayer):
         """sum(y d^2 + (1 - y) max(margin - d, 0)^2) / 2N (legacy_version: max(margin - d^2, 0))."""
         g = e.g
         p = self.lp.contrastive_loss_param
-        n = e.bottom_shapes[0][0]
-        d = g.op1("Sub", [g.reshape(e.bottoms[0], [n, -1]), g.reshape(e.bottoms[1], [n, -1])])
+        n, c = e.bottom_shapes[0][0], count_range(e.bottom_shapes[0], 1)
+        d = g.op1("Sub", [g.reshape(e.bottoms[0], [-1, c]), g.reshape(e.bottoms[1], [-1, c])])
         d2 = g.op1("ReduceSum", [g.op1("Mul", [d, d]), g.const([1])], keepdims=0)
-        y = g.reshape(e.bottoms[2], [n])
+        y = g.reshape(e.bottoms[2], [-1])
         if p.legacy_version:
             far = g.op1("Relu", [g.op1("Sub", [g.scalar(p.margin), d2])])
         else:
@@ -220,7 +238,7 @@ class ContrastiveLoss(LossLayer):
             far = g.op1("Mul", [m, m])
         sim = g.op1("Cast", [g.op1("Cast", [y], to=9)], to=1)  # Caffe: static_cast<int>(y) != 0
         terms = g.op1("Add", [g.op1("Mul", [sim, d2]), g.op1("Mul", [g.op1("Sub", [g.scalar(1.0), sim]), far])])
-        g.op("Div", [g.op1("ReduceSum", [terms], keepdims=0), g.scalar(2.0 * n)], e.tops)
+        g.op("Div", [g.op1("ReduceSum", [terms], keepdims=0), batch_count(e, e.bottoms[0], 2.0 * n)], e.tops)
 
 
 @register_layer("HingeLoss")
@@ -241,14 +259,14 @@ class HingeLoss(LossLayer):
         g = e.g
         pred = e.bottom_shapes[0]
         n, c = pred[0], count_range(pred, 1)
-        x = g.reshape(e.bottoms[0], [n, c])
+        x = g.reshape(e.bottoms[0], [-1, c])
         lab, _ = _labels(e, e.bottoms[1], None)
         onehot = g.op1("Cast", [g.op1("Equal", [lab, g.const([list(range(c))])])], to=1)
         sign = g.op1("Sub", [g.op1("Mul", [onehot, g.scalar(2.0)]), g.scalar(1.0)])
         margin = g.op1("Relu", [g.op1("Sub", [g.scalar(1.0), g.op1("Mul", [sign, x])])])
         if self.lp.hinge_loss_param.norm == caffe_pb2.HingeLossParameter.L2:
             margin = g.op1("Mul", [margin, margin])
-        g.op("Div", [g.op1("ReduceSum", [margin], keepdims=0), g.scalar(float(n))], e.tops)
+        g.op("Div", [g.op1("ReduceSum", [margin], keepdims=0), batch_count(e, e.bottoms[0], n)], e.tops)
 
 
 @register_layer("MultinomialLogisticLoss")
@@ -265,11 +283,11 @@ class MultinomialLogisticLoss(LossLayer):
     def forward(self, e: Emit) -> None:
         g = e.g
         pred = e.bottom_shapes[0]
-        rows = g.reshape(e.bottoms[0], [pred[0], -1])
+        rows = g.reshape(e.bottoms[0], [-1, count_range(pred, 1)])
         lab, _ = _labels(e, e.bottoms[1], None)
         p = g.op1("Max", [g.op1("GatherElements", [rows, lab], axis=1), g.scalar(1e-20)])
         total = g.op1("ReduceSum", [g.op1("Log", [p])], keepdims=0)
-        g.op("Div", [total, g.scalar(-float(pred[0]))], e.tops)
+        g.op("Div", [g.op1("Neg", [total]), batch_count(e, e.bottoms[0], pred[0])], e.tops)
 
 
 @register_layer("InfogainLoss")
@@ -288,6 +306,51 @@ class InfogainLoss(LossLayer):
             if count(bottoms[2]) != k * k:
                 raise self.shape_error(f"infogain matrix {list(bottoms[2])} must hold {k}x{k} values")
         return [(), bottoms[0]]
+
+    def infogain(self, e: Emit, k: int) -> str:
+        """H (K, K): the third bottom, or the BlobProto file ``source`` read when translating."""
+        if len(e.bottoms) == 3:
+            return e.g.reshape(e.bottoms[2], [k, k])
+        import os
+
+        from dnntool.errors import FormatError
+        from dnntool.io.blob import read_binaryproto
+
+        src = self.lp.infogain_loss_param.source
+        if not src:
+            raise self.error("infogain_loss_param.source is required without a third bottom")
+        path = src
+        if not os.path.exists(path) and self.ctx.net_path and not os.path.isabs(src):
+            path = os.path.join(os.path.dirname(os.path.abspath(self.ctx.net_path)), src)
+        try:
+            h = read_binaryproto(path)
+        except FormatError as err:
+            raise self.error(f"cannot read the infogain matrix '{src}': {err.message}") from None
+        if h.size != k * k:
+            raise self.shape_error(f"infogain matrix '{src}' holds {h.size} values, {k} classes need {k * k}")
+        return e.g.const(np.asarray(h, e.g.dtype).reshape(k, k))
+
+    def forward(self, e: Emit) -> None:
+        """-sum_k H[label, k] log(max(p_k, 1e-20)) over non-ignored positions / the normaliser, with
+        p = softmax over ``axis`` (BVLC infogain_loss_layer.cpp); top 1 = p."""
+        g = e.g
+        pred = e.bottom_shapes[0]
+        ax = self.canonical_axis(self.lp.infogain_loss_param.axis, len(pred))
+        k = pred[ax]
+        prob = g.op1("Softmax", [e.bottoms[0]], e.tops[1] if len(e.tops) > 1 else None, axis=ax)
+        rows = _class_rows(e, prob, pred, ax)
+        lp = self.lp.loss_param
+        lab, valid = _labels(e, e.bottoms[1], lp.ignore_label if lp.HasField("ignore_label") else None)
+        h_rows = g.op1("Gather", [self.infogain(e, k), g.reshape(lab, [-1])], axis=0)
+        logp = g.op1("Log", [g.op1("Max", [rows, g.scalar(1e-20)])])
+        per = g.op1("ReduceSum", [g.op1("Mul", [h_rows, logp]), g.const([1])], keepdims=1)
+        if valid is not None:
+            per = g.op1("Mul", [per, valid])
+        total = g.op1("Neg", [g.op1("ReduceSum", [per], keepdims=0)])
+        count_valid = g.op1("ReduceSum", [valid], keepdims=0) if valid is not None else None
+        outer, inner = count_range(pred, 0, ax), count_range(pred, ax + 1)
+        g.op("Div", [total, _normalizer(self, e, count_valid, outer, inner, e.bottoms[0] if ax > 0 else None)],
+             e.tops[:1])
 
 
 @register_layer("Accuracy")
@@ -331,7 +394,8 @@ class Accuracy(LayerDef):
             right = g.op1("Mul", [right, valid])
             n = g.op1("Max", [g.op1("ReduceSum", [valid], keepdims=0), g.scalar(1.0)])
         else:
-            n = g.scalar(float(count_range(pred, 0, ax) * count_range(pred, ax + 1)))
+            n = batch_count(e, e.bottoms[0], count_range(pred, 0, ax) * count_range(pred, ax + 1)) if ax > 0 else \
+                g.scalar(float(count_range(pred, ax + 1)))
         g.op("Div", [g.op1("ReduceSum", [right], keepdims=0), n], e.tops[:1])
         if len(e.tops) > 1:  # per-class accuracy (0 for classes absent from the batch)
             onehot = g.op1("Cast", [g.op1("Equal", [lab, g.const([list(range(c))])])], to=1)

@@ -6,7 +6,7 @@ marks blobs as outputs of the drawing (Netscope's Faster R-CNN presets): it has 
 
 from __future__ import annotations
 
-from dnntool.layers.base import LayerDef, Shape
+from dnntool.layers.base import Emit, LayerDef, Shape
 from dnntool.layers.data import Input
 from dnntool.layers.registry import register_layer
 
@@ -25,3 +25,6 @@ class NetscopeImplicit(LayerDef):
 
     def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
         return []
+
+    def forward(self, e: Emit) -> None:
+        """Produces nothing (like Silence)."""

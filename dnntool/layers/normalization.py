@@ -118,7 +118,10 @@ class _Broadcast(LayerDef):
         b = e.bottom_shapes[0]
         ax = self.canonical_axis(self.axis_params().axis, len(b)) if t_shape else len(b)
         trailing = len(b) - ax - len(t_shape)
-        return e.g.reshape(t, [*t_shape, *([1] * trailing)]) if trailing > 0 else t
+        if trailing <= 0:
+            return t
+        # A second bottom from axis 0 carries the batch: keep its runtime size when it is dynamic.
+        return e.g.reshape(t, [*(e.static_shape(t_shape) if ax == 0 else t_shape), *([1] * trailing)])
 
 
 @register_layer("Scale")

@@ -153,11 +153,20 @@ class SPP(LayerDef):
         else:
             e.g.op("Concat", parts, e.tops, axis=1)
 
+    def summary(self) -> str:
+        return f"{self.height} levels"
+
 
 def emit_pool(e: Emit, x: str, b: Shape, kernel, stride, pad, pool: int, ceil: bool,
               tops: list[str] | None) -> list[str]:
     """Caffe pooling in ONNX: explicit end padding reproduces the ceil-and-clip output size; AVE
-    divides by Caffe's window size (padding counts, the ceil overhang does not) via a constant map."""
+    divides by Caffe's window size (padding counts, the ceil overhang does not) via a constant map.
+
+    With stride > kernel and no pad, Caffe's ceil can add windows that start past the image: they
+    pool nothing (MAX -FLT_MAX and mask -1, AVE 0/size, i.e. NaN when size is 0, STOCHASTIC 0).
+    ONNX pads must stay below the kernel, so only the windows starting inside are pooled and the
+    rest are padded with those constants.
+    """
     import numpy as np
 
     g = e.g
@@ -165,32 +174,48 @@ def emit_pool(e: Emit, x: str, b: Shape, kernel, stride, pad, pool: int, ceil: b
     clip = bool(ph or pw)
     oh = pool_out(b[2], kh, ph, sh, ceil, clip)
     ow = pool_out(b[3], kw, pw, sw, ceil, clip)
-    eh = max(0, (oh - 1) * sh + kh - b[2] - ph)
-    ew = max(0, (ow - 1) * sw + kw - b[3] - pw)
+    ih = min(oh, -(-(b[2] + ph) // sh))  # windows whose start i*s - p lies before H + p
+    iw = min(ow, -(-(b[3] + pw) // sw))
+    eh = max(0, (ih - 1) * sh + kh - b[2] - ph)
+    ew = max(0, (iw - 1) * sw + kw - b[3] - pw)
     attrs = {"kernel_shape": [kh, kw], "strides": [sh, sw], "pads": [ph, pw, eh, ew]}
-    out = tops[:1] if tops else 1
+    tail = (oh - ih, ow - iw)
+    out0 = tops[0] if tops else None
+
+    def finish(y: str, value: float, name: str | None) -> str:
+        if not any(tail):
+            return y if name is None or y == name else g.op1("Identity", [y], name)
+        pads = g.const(np.asarray([0, 0, 0, 0, 0, 0, tail[0], tail[1]], np.int64))
+        return g.op1("Pad", [y, pads, g.scalar(value)], name, mode="constant")
+
+    direct = None if any(tail) else out0  # the pooling op writes the top itself when nothing is padded
     if pool == PP.MAX:
-        if tops is not None and len(tops) > 1:  # Caffe's mask: index h*W + w within the channel plane
-            y, idx = g.op("MaxPool", [x], [tops[0], g.fresh("argmax")], **attrs)
+        mask = tops is not None and len(tops) > 1
+        if mask:  # the argmax feeds Caffe's mask top
+            y, idx = g.op("MaxPool", [x], [direct or g.fresh("maxpool_out"), g.fresh("argmax")], **attrs)
+        else:
+            y = g.op1("MaxPool", [x], direct, **attrs)
+        res = [finish(y, float(np.finfo(np.float32).min), out0)]  # Caffe starts at -FLT_MAX
+        if mask:  # Caffe's mask: index h*W + w within the channel plane, -1 for an empty window
             plane = g.op1("Mod", [idx, g.const(np.asarray(b[2] * b[3], np.int64))])
-            g.op("Cast", [plane], [tops[1]], to=1)
-            return [y, tops[1]]
-        if e.train:  # the argmax positions feed the backward (scatter of dY)
-            return g.op("MaxPool", [x], [out[0] if tops else g.fresh("maxpool_out"), g.fresh("argmax")], **attrs)[:1]
-        return g.op("MaxPool", [x], out, **attrs)
+            res.append(finish(g.op1("Cast", [plane], None if any(tail) else tops[1], to=1), -1.0, tops[1]))
+        return res
     hs = np.arange(oh) * sh - ph
     ws = np.arange(ow) * sw - pw
     size_h = np.minimum(hs + kh, b[2] + ph) - hs
     size_w = np.minimum(ws + kw, b[3] + pw) - ws
     if pool == PP.AVE:
-        avg = g.op1("AveragePool", [x], count_include_pad=1, **attrs)  # sum / (kh*kw), zeros padded
-        factor = (kh * kw) / np.outer(size_h, size_w)
-        return g.op("Mul", [avg, g.const(factor[None, None].astype(g.dtype))], out)
-    # STOCHASTIC at test time: the probability-weighted average sum(x^2) / sum(x) over the window
+        avg = finish(g.op1("AveragePool", [x], count_include_pad=1, **attrs), 0.0, None)  # sum / (kh*kw)
+        size = np.outer(size_h, size_w).astype(np.float64)
+        inside = np.zeros((oh, ow), bool)
+        inside[:ih, :iw] = True
+        with np.errstate(divide="ignore"):
+            factor = np.where(inside, (kh * kw) / np.where(inside, size, 1), np.where(size == 0, np.nan, 1.0))
+        return [g.op1("Mul", [avg, g.const(factor[None, None].astype(g.dtype))], out0)]
+    # STOCHASTIC at test time: the probability-weighted average sum(x^2) / sum(x) over the window,
+    # 0 where sum(x) <= 0 (Caffe's StoPoolForwardTest)
     sq = g.op1("AveragePool", [g.op1("Mul", [x, x])], count_include_pad=1, **attrs)
     s = g.op1("AveragePool", [x], count_include_pad=1, **attrs)
-    den = g.op1("Add", [s, g.scalar(np.finfo(np.float32).tiny)])
-    return g.op("Div", [sq, den], out)
-
-    def summary(self) -> str:
-        return f"{self.height} levels"
+    ratio = g.op1("Where", [g.op1("Greater", [s, g.scalar(0.0)]), g.op1("Div", [sq, s]), g.scalar(0.0)],
+                  direct)
+    return [finish(ratio, 0.0, out0)]

@@ -110,6 +110,8 @@ class Flatten(LayerDef):
         return [(*b[:a], math.prod(b[a:e + 1]), *b[e + 1:])]
 
     def forward(self, e: Emit) -> None:
+        if e.batch is not None and self.canonical_axis(self.lp.flatten_param.axis, len(e.bottom_shapes[0])) == 0:
+            raise self.error("flattens the batch axis, so the model cannot keep a dynamic batch")
         e.g.reshape(e.bottoms[0], e.static_shape(e.top_shapes[0]), e.tops[0])
 
 

@@ -7,12 +7,24 @@ pure data movement (channel shuffle, unpooling scatter, nearest-neighbour repeat
 
 from __future__ import annotations
 
-from dnntool.layers.base import Cost, LayerDef, Shape, count
+import numpy as np
+from onnx import numpy_helper
+
+from dnntool.layers.base import Cost, Emit, LayerDef, Shape, count
 from dnntool.layers.registry import register_layer
 
 
 def _fmt(s: Shape) -> str:
     return "x".join(str(d) for d in s) if s else "scalar"
+
+
+def _full_shape(e: Emit, x: str, tail: list[int]) -> str:
+    """An int64 shape tensor (N, C, *tail): constant, or N and C read from ``x`` when the batch is dynamic."""
+    b = e.bottom_shapes[0]
+    if e.batch is None:
+        return e.g.const(np.asarray([b[0], b[1], *tail], np.int64))
+    nc = e.g.op1("Slice", [e.g.op1("Shape", [x]), e.g.const([0]), e.g.const([2])])
+    return e.g.op1("Concat", [nc, e.g.const(np.asarray(tail, np.int64))], axis=0)
 
 
 @register_layer("ShuffleChannel")
@@ -37,6 +49,14 @@ class ShuffleChannel(LayerDef):
 
     def summary(self) -> str:
         return f"g{self.group}"
+
+    def forward(self, e: Emit) -> None:
+        """Output channel j*group + i is input channel i*(C/group) + j (shuffle_channel_layer.cpp)."""
+        b = e.bottom_shapes[0]
+        g = e.g
+        rows = g.reshape(e.bottoms[0], e.static_shape([b[0], self.group, b[1] // self.group, -1]))
+        cols = g.op1("Transpose", [rows], perm=[0, 2, 1, 3])
+        g.reshape(cols, e.static_shape(b), e.tops[0])
 
 
 @register_layer("Interp")
@@ -107,6 +127,24 @@ class Interp(LayerDef):
         n = count(tops[0])
         return Cost(4 * n, 8 * n)
 
+    def forward(self, e: Emit) -> None:
+        """Crop by -pad_beg/-pad_end, then bilinear resize with align-corners coordinates.
+
+        The fork's caffe_cpu_interp2 maps output row h2 to h2 * (H1 - 1) / (H2 - 1) (0 when H2 is 1)
+        and blends the two neighbouring rows (the last row with itself): ONNX Resize in linear mode
+        with align_corners does the same; sizes equal means a copy, as in the fork.
+        """
+        b, top = e.bottom_shapes[0], e.top_shapes[0]
+        g, x = e.g, e.bottoms[0]
+        beg, end = self.pad
+        if beg or end:  # non-positive pads crop [-pad_beg, H + pad_end) on both axes
+            x = g.op1("Slice", [x, g.const([-beg, -beg]), g.const([b[2] + end, b[3] + end]), g.const([2, 3])])
+        if (b[2] + beg + end, b[3] + beg + end) == tuple(top[2:]):
+            g.op("Identity", [x], e.tops[:1])
+            return
+        g.op("Resize", [x, "", "", _full_shape(e, x, list(top[2:]))], e.tops[:1], mode="linear",
+             coordinate_transformation_mode="align_corners")
+
     def summary(self) -> str:
         parts = []
         if self.shrink is not None:
@@ -169,6 +207,31 @@ class Upsample(LayerDef):
         if self.size is not None:
             return [(b[0], b[1], *self.size)]
         return [(b[0], b[1], b[2] * self.scale[0] - self.pad_out[0], b[3] * self.scale[1] - self.pad_out[1])]
+
+    def forward(self, e: Emit) -> None:
+        """SegNet: scatter each value to the plane index its mask holds (top zero elsewhere; index
+        >= top plane size is an error, as Caffe's LOG(FATAL)). One bottom: nearest-neighbour copy,
+        top[h][w] = bottom[h / scale_h][w / scale_w], then the pad_out row/column dropped."""
+        b, top = e.bottom_shapes[0], e.top_shapes[0]
+        g, x = e.g, e.bottoms[0]
+        if len(e.bottoms) == 2:
+            plane = top[2] * top[3]
+            vals = g.reshape(x, e.static_shape([b[0], b[1], b[2] * b[3]]))
+            idx = g.reshape(g.op1("Cast", [e.bottoms[1]], to=7), e.static_shape([b[0], b[1], b[2] * b[3]]))
+            zeros = g.op1("ConstantOfShape", [_full_shape(e, x, [plane])], value=numpy_helper.from_array(np.zeros(1, g.dtype)))
+            out = g.op1("ScatterElements", [zeros, idx, vals], axis=2)
+            g.reshape(out, e.static_shape(top), e.tops[0])
+            return
+        if self.size is not None:
+            raise self.error("nearest-neighbour upsampling (one bottom) needs scale, not upsample_h/upsample_w")
+        (sh, sw), (h, w) = self.scale, (b[2] * self.scale[0], b[3] * self.scale[1])
+        y = g.reshape(x, e.static_shape([b[0], b[1], b[2], 1, b[3], 1]))
+        y = g.op1("Expand", [y, g.const(np.asarray([1, 1, 1, sh, 1, sw], np.int64))])
+        if (h, w) == tuple(top[2:]):
+            g.reshape(y, e.static_shape(top), e.tops[0])
+            return
+        y = g.reshape(y, e.static_shape([b[0], b[1], h, w]))
+        g.op("Slice", [y, g.const([0, 0]), g.const(list(top[2:])), g.const([2, 3])], e.tops[:1])
 
     def summary(self) -> str:
         if self.size is not None:
