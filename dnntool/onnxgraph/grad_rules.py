@@ -307,6 +307,19 @@ def _slice(c):
     return [g.op1("Pad", [c.go(), g.const(before + after)]), *([None] * (c.n_in - 1))]
 
 
+@rule("Pad")
+def _pad(c):
+    """Constant padding: the gradient is the unpadded slice."""
+    if c.attr("mode", b"constant") not in (b"constant", "constant"):
+        raise NotImplementedError("Pad gradient for non-constant modes")
+    x = c.shape(c.i(0))
+    pads = [int(v) for v in _const_value(c, c.i(1))]
+    nd = len(x)
+    starts, ends = pads[:nd], [pads[k] + x[k] for k in range(nd)]
+    grad = c.g.op1("Slice", [c.go(), c.g.const(starts), c.g.const(ends), c.g.const(list(range(nd)))])
+    return [grad, *([None] * (c.n_in - 1))]
+
+
 @rule("Tile")
 def _tile(c):
     g = c.g

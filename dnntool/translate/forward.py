@@ -32,21 +32,51 @@ def param_name(layer: str, role: str) -> str:
     return f"{layer}::{role}"
 
 
+def _translatable_layers(net: Net) -> set[str]:
+    """Layers that translate and whose inputs all come from layers that do (or from data)."""
+    ok: set[str] = set()
+    for layer in net.layers:
+        if layer.impl.is_data or (layer.impl.translatable and all(
+                net.blobs[b].producer in ok for b in layer.bottoms)):
+            ok.add(layer.name)
+    return ok
+
+
 def _resolve_outputs(net: Net, outputs: Sequence[str] | str | None) -> list[str]:
+    ok = _translatable_layers(net)
     if outputs is None:
-        ids = net.output_ids()
-        return [i for i in ids if net.blobs[i].producer is not None and _translatable(net, net.blobs[i].producer)]
+        # the net's outputs; where one comes from a layer with no translation (DetectionOutput,
+        # Python...), the nearest translatable blobs feeding it stand in for it
+        out: list[str] = []
+        stack = list(reversed(net.output_ids()))
+        seen: set[str] = set()
+        while stack:
+            tid = stack.pop()
+            if tid in seen:
+                continue
+            seen.add(tid)
+            producer = net.blobs[tid].producer
+            if producer is None or producer in ok:
+                if producer is not None and not net.layer(producer).impl.is_data:
+                    out.append(tid)
+            else:
+                stack.extend(reversed(net.layer(producer).bottoms))
+        return out
     if outputs == "all":
-        return [t for layer in net.layers if not layer.impl.is_data and layer.impl.translatable
-                for t in layer.tops]
+        return [t for layer in net.layers if not layer.impl.is_data and layer.name in ok for t in layer.tops]
     out = []
     for name in outputs:
         out.append(net.blob(name).id)
     return out
 
 
-def _translatable(net: Net, layer_name: str) -> bool:
-    return net.layer(layer_name).impl.translatable
+def _reachable(g, inputs: Sequence[str]) -> set[str]:
+    """Tensors computed (transitively) from the graph inputs."""
+    seen = set(inputs)
+    for node in g.nodes:
+        if any(i in seen for i in node.input):
+            seen.update(node.output)
+    return seen
 
 
 def _needed_layers(net: Net, outputs: list[str]) -> list[Layer]:
@@ -149,9 +179,11 @@ def to_onnx(
     g.reserve(net.blobs)
     em = emit_layers(g, net, layers, arrays, out_ids, batch, params_as_inputs, train)
     tr = Translation(model=None, inputs=em.inputs, outputs=list(out_ids), params=em.params)
+    from_inputs = _reachable(g, em.inputs)
     for tid in out_ids:
         blob = net.blobs[tid]
-        g.output(tid, [batch or d for d in blob.shape[:1]] + list(blob.shape[1:]))
+        dyn = batch if tid in from_inputs else None  # constants (PriorBox) keep their static shape
+        g.output(tid, [dyn or d for d in blob.shape[:1]] + list(blob.shape[1:]))
         tr.output_blobs[tid] = blob.name
     tr.model = g.model(doc=f"translated from {net.source or net.name} by dnntool")
     return tr

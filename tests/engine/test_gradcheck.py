@@ -51,6 +51,8 @@ CASES = [
     ("maxpool_ceil", L.format(t="Pooling", p="pooling_param { pool: MAX kernel_size: 3 stride: 2 }"), [(1, 2, 6, 7)]),
     ("maxpool_pad", L.format(t="Pooling", p="pooling_param { pool: MAX kernel_size: 2 stride: 2 pad: 1 }"),
      [(1, 2, 5, 5)]),
+    ("maxpool_stride_gt_kernel", L.format(t="Pooling", p="pooling_param { pool: MAX kernel_size: 1 stride: 2 }"),
+     [(1, 2, 5, 5)]),
     ("avepool_ceil", L.format(t="Pooling", p="pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }"),
      [(1, 2, 6, 7)]),
     ("avepool_global", L.format(t="Pooling", p="pooling_param { pool: AVE global_pooling: true }"), [(2, 3, 4, 3)]),
