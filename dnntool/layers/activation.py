@@ -226,9 +226,11 @@ class Dropout(Elementwise):
         if not e.train:
             e.g.op("Identity", e.bottoms, e.tops)
             return
-        # Training: keep with probability 1 - ratio, scale kept units by 1/(1 - ratio) (Caffe's Dropout)
+        # Training: keep with probability 1 - ratio, scale kept units by 1/(1 - ratio) (Caffe's
+        # Dropout). The mask output feeds the backward (and keeps onnxruntime from dropping the op).
         r = self.lp.dropout_param.dropout_ratio
-        e.g.op("Dropout", [e.bottoms[0], e.g.scalar(r), e.g.const(True, dtype="bool")], [e.tops[0]])
+        e.g.op("Dropout", [e.bottoms[0], e.g.scalar(r), e.g.const(True, dtype="bool")],
+               [e.tops[0], e.g.fresh("dropout_mask")])
 
 
 @register_layer("Softmax")

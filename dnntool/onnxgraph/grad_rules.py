@@ -29,6 +29,10 @@ class GradCtx:
     g: GraphBuilder
     shapes: dict[str, tuple[int, ...]]
     out_grads: list[str | None]
+    need: list[bool] | None = None  # which inputs need a gradient (None: all)
+
+    def needs(self, k: int) -> bool:
+        return self.need is None or (k < len(self.need) and self.need[k])
 
     def i(self, k: int) -> str:
         return self.node.input[k]
@@ -197,8 +201,8 @@ def _sub(c):
 @rule("Mul")
 def _mul(c):
     g = c.g
-    return [unbroadcast(c, g.op1("Mul", [c.go(), c.i(1)]), c.i(0)),
-            unbroadcast(c, g.op1("Mul", [c.go(), c.i(0)]), c.i(1))]
+    return [unbroadcast(c, g.op1("Mul", [c.go(), c.i(1)]), c.i(0)) if c.needs(0) else None,
+            unbroadcast(c, g.op1("Mul", [c.go(), c.i(0)]), c.i(1)) if c.needs(1) else None]
 
 
 @rule("Div")
@@ -422,13 +426,13 @@ def _gemm(c):
     alpha, beta = float(c.attr("alpha", 1.0)), float(c.attr("beta", 1.0))
     go = c.go() if alpha == 1.0 else g.op1("Mul", [c.go(), g.scalar(alpha)])
     if c.attr("transB", 0):  # Y = A B^T: dA = dY B, dB = dY^T A
-        da = g.op1("MatMul", [go, c.i(1)])
-        db = g.op1("Gemm", [go, c.i(0)], transA=1)
+        da = g.op1("MatMul", [go, c.i(1)]) if c.needs(0) else None
+        db = g.op1("Gemm", [go, c.i(0)], transA=1) if c.needs(1) else None
     else:  # Y = A B: dA = dY B^T, dB = A^T dY
-        da = g.op1("Gemm", [go, c.i(1)], transB=1)
-        db = g.op1("Gemm", [c.i(0), go], transA=1)
+        da = g.op1("Gemm", [go, c.i(1)], transB=1) if c.needs(0) else None
+        db = g.op1("Gemm", [c.i(0), go], transA=1) if c.needs(1) else None
     grads = [da, db]
-    if c.n_in > 2:
+    if c.n_in > 2 and c.needs(2):
         dc = unbroadcast(c, c.go(), c.i(2))
         grads.append(dc if beta == 1.0 else g.op1("Mul", [dc, g.scalar(beta)]))
     return grads
@@ -440,7 +444,8 @@ def _matmul(c):
     a, b = c.shape(c.i(0)), c.shape(c.i(1))
     if len(a) != 2 or len(b) != 2:
         raise NotImplementedError("MatMul gradient for non-2-D operands")
-    return [g.op1("Gemm", [c.go(), c.i(1)], transB=1), g.op1("Gemm", [c.i(0), c.go()], transA=1)]
+    return [g.op1("Gemm", [c.go(), c.i(1)], transB=1) if c.needs(0) else None,
+            g.op1("Gemm", [c.i(0), c.go()], transA=1) if c.needs(1) else None]
 
 
 def _conv_attrs(c: GradCtx, nsp: int):
@@ -481,10 +486,10 @@ def _conv(c):
     # dX: the transposed convolution of dY, with output padding to recover the floor leftover
     opad = [xs[2 + j] - (s[j] * (ys[2 + j] - 1) + d[j] * (k[j] - 1) + 1 - p[j] - p[j + nsp]) for j in range(nsp)]
     dx = g.op1("ConvTranspose", [c.go(), c.i(1)], kernel_shape=k, strides=s, dilations=d, pads=p,
-               group=group, output_padding=opad if any(opad) else None)
-    dw = conv_weight_grad(g, c.i(0), c.go(), xs, ys, k, s, d, p, group)
+               group=group, output_padding=opad if any(opad) else None) if c.needs(0) else None
+    dw = conv_weight_grad(g, c.i(0), c.go(), xs, ys, k, s, d, p, group) if c.needs(1) else None
     grads = [dx, dw]
-    if c.n_in > 2:
+    if c.n_in > 2 and c.needs(2):
         grads.append(g.op1("ReduceSum", [c.go(), g.const([0, *range(2, 2 + nsp)])], keepdims=0))
     del ws
     return grads
@@ -498,11 +503,12 @@ def _conv_transpose(c):
     k, s, d, p, group = _conv_attrs(c, nsp)
     if c.attr("output_padding") and any(c.attr("output_padding")):
         raise NotImplementedError("ConvTranspose gradient with output_padding")
-    dx = g.op1("Conv", [c.go(), c.i(1)], kernel_shape=k, strides=s, dilations=d, pads=p, group=group)
+    dx = g.op1("Conv", [c.go(), c.i(1)], kernel_shape=k, strides=s, dilations=d, pads=p,
+               group=group) if c.needs(0) else None
     # y = convT(x, W) is the adjoint of a convolution from y-space to x-space with the same W layout
-    dw = conv_weight_grad(g, c.go(), c.i(0), ys, xs, k, s, d, p, group)
+    dw = conv_weight_grad(g, c.go(), c.i(0), ys, xs, k, s, d, p, group) if c.needs(1) else None
     grads = [dx, dw]
-    if c.n_in > 2:
+    if c.n_in > 2 and c.needs(2):
         grads.append(g.op1("ReduceSum", [c.go(), g.const([0, *range(2, 2 + nsp)])], keepdims=0))
     return grads
 

@@ -46,13 +46,31 @@ def providers_for(device: Device) -> list:
     return [("CUDAExecutionProvider", {"device_id": device.index}), "CPUExecutionProvider"]
 
 
-def make_session(model, device: str | Device = "auto", threads: int | None = None):
-    """An InferenceSession for a ModelProto, bytes or path; returns (session, provider that runs it)."""
+def set_seed(seed: int) -> None:
+    """Seed onnxruntime's default generator (training Dropout masks draw from it)."""
+    import onnxruntime as ort
+
+    ort.set_seed(int(seed))
+
+
+def make_session(model, device: str | Device = "auto", threads: int | None = None,
+                 profile_prefix: str | None = None):
+    """An InferenceSession for a ModelProto, bytes or path; returns (session, provider that runs it).
+
+    Worker threads do not spin between runs: dnntool alternates sessions (gradient and update
+    models, train and test nets) and spinning pools of idle sessions fight for the cores (a 3x loss
+    on 2 cores). ``profile_prefix`` turns on onnxruntime's profiler.
+    """
     import onnxruntime as ort
 
     dev = device if isinstance(device, Device) else Device.parse(device)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     if threads:
         opts.intra_op_num_threads = threads
     data = model.SerializeToString() if hasattr(model, "SerializeToString") else model

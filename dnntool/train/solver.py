@@ -2,7 +2,7 @@
 emitted as ONNX nodes (sgd_solver.cpp, nesterov/adagrad/rmsprop/adadelta/adam_solver.cpp).
 
 Per learnable blob, with local_rate = lr * lr_mult and local_decay = weight_decay * decay_mult:
-diff /= iter_size; clip by the global L2 norm; diff += local_decay * w (L2) or * sign(w) (L1); then
+clip the accumulated diffs by their global L2 norm; diff /= iter_size; diff += local_decay * w (L2) or * sign(w) (L1); then
 the solver's rule computes the update and w -= update.
 """
 
@@ -70,15 +70,15 @@ def emit_update(g, sp: caffe_pb2.SolverParameter, params: list[ParamUpdate], gra
     sqrt(1 - b2^t) / (1 - b1^t) comes in as ``correction``."""
     kind = solver_type(sp)
     diffs = dict(grads)
-    if sp.iter_size > 1:
-        for p in params:
-            diffs[p.name] = g.op1("Mul", [diffs[p.name], g.scalar(1.0 / sp.iter_size)])
-    if sp.clip_gradients >= 0:  # Caffe: scale all diffs when their global L2 norm exceeds the bound
+    if sp.clip_gradients >= 0:  # Caffe clips the accumulated diffs first, then divides by iter_size
         sq = [g.op1("ReduceSumSquare", [diffs[p.name]], keepdims=0) for p in params]
         norm = g.op1("Sqrt", [g.op1("Sum", sq) if len(sq) > 1 else sq[0]])
         factor = g.op1("Where", [g.op1("Greater", [norm, g.scalar(sp.clip_gradients)]),
                                  g.op1("Div", [g.scalar(sp.clip_gradients), norm]), g.scalar(1.0)])
         diffs = {k: g.op1("Mul", [v, factor]) for k, v in diffs.items()}
+    if sp.iter_size > 1:
+        for p in params:
+            diffs[p.name] = g.op1("Mul", [diffs[p.name], g.scalar(1.0 / sp.iter_size)])
     reg = sp.regularization_type or "L2"
     if reg not in ("L1", "L2"):
         raise NetError(f"unknown regularization_type '{reg}' (L1 or L2)")

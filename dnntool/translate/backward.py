@@ -126,7 +126,8 @@ def emit_backward(
                     raise NetError(f"layer '{layer.name}' ({layer.type}): no gradient rule for ONNX op"
                                    f" {node.op_type}", layer.loc, layer=layer.name)
                 try:
-                    in_grads = rule(GradCtx(node=node, g=g, shapes=shapes, out_grads=outs))
+                    in_grads = rule(GradCtx(node=node, g=g, shapes=shapes, out_grads=outs,
+                                            need=[i in need for i in node.input]))
                 except NotImplementedError as e:
                     raise NetError(f"layer '{layer.name}' ({layer.type}): {e}", layer.loc, layer=layer.name) from None
                 for name, gr in zip(node.input, in_grads, strict=False):

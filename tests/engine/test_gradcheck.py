@@ -133,3 +133,27 @@ LOSSES = [
 def test_loss_gradient(name, text, shapes, labels):
     net = build_net(text, shapes, phase="train")
     check_layer_gradient(net, _feeds(net, labels), skip=tuple(labels))
+
+
+def test_dropout_backward_uses_the_forward_mask():
+    """Dropout in training: dL/dx = R * mask / (1 - ratio), with the mask the forward drew."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    from tests.engine.gradcheck import build_check_model
+
+    net = build_net('layer { name: "d" type: "Dropout" bottom: "b0" top: "y" dropout_param { dropout_ratio: 0.4 } }',
+                    [(4, 50)], phase="train")
+    model, _, _, _ = build_check_model(net)
+    model.graph.output.append(helper.make_tensor_value_info("y", 1, [4, 50]))
+    r = next(i for i in model.graph.initializer if i.name == "R::y")
+    from onnx import numpy_helper
+
+    rr = numpy_helper.to_array(r)
+    x = np.random.default_rng(0).uniform(0.5, 1.5, (4, 50)).astype(np.float32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    y, dx = sess.run(["y", "grad::b0"], {"b0": x})
+    mask = y != 0
+    assert 0 < mask.mean() < 1  # some units dropped, some kept
+    np.testing.assert_allclose(y[mask], x[mask] / 0.6, rtol=1e-6)
+    np.testing.assert_allclose(dx, rr * mask / 0.6, rtol=1e-6)
