@@ -74,8 +74,9 @@ def make_session(model, device: str | Device = "auto", threads: int | None = Non
     if threads:
         opts.intra_op_num_threads = threads
     data = model.SerializeToString() if hasattr(model, "SerializeToString") else model
+    providers = providers_for(dev)  # its own clear error when CUDA is asked for and absent
     try:
-        sess = ort.InferenceSession(data, sess_options=opts, providers=providers_for(dev))
+        sess = ort.InferenceSession(data, sess_options=opts, providers=providers)
     except Exception as e:  # ORT raises its own exception types for invalid models/kernels
         raise DnnToolError(f"onnxruntime cannot load the model: {' '.join(str(e).split())[:400]}") from None
     used = sess.get_providers()[0]
