@@ -76,3 +76,64 @@ def load_net(path: str, phase: str, stages=(), level: int = 0, input_shapes=()):
 
     shapes = parse_input_shapes(input_shapes)
     return Net.from_prototxt(path, phase=phase, stages=stages, level=level, input_shapes=shapes)
+
+
+def jobs_option(f):
+    return click.option(
+        "-j", "--jobs", type=click.IntRange(min=0), default=None, metavar="N",
+        help="Worker processes (default: all cores; 1 runs in this process).",
+    )(f)
+
+
+_GFLAGS_TRUE, _GFLAGS_FALSE = ("true", "t", "yes", "y", "1"), ("false", "f", "no", "n", "0")
+
+
+class CaffeFlagsCommand(click.Command):
+    """A command that also accepts Caffe's gflags spellings of its options: ``--resize_height=256``
+    for ``--resize-height 256``, and ``--shuffle=true`` / ``--shuffle=false`` for boolean flags."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        flags = {name for p in self.params if isinstance(p, click.Option) and p.is_flag
+                 for name in p.opts}
+        out: list[str] = []
+        for i, arg in enumerate(args):
+            if arg == "--":
+                out += args[i:]
+                break
+            if arg.startswith("--") and len(arg) > 2:
+                name, eq, value = arg.partition("=")
+                name = "--" + name[2:].replace("_", "-")
+                if eq and name in flags:
+                    if value.lower() in _GFLAGS_TRUE:
+                        out.append(name)
+                        continue
+                    if value.lower() in _GFLAGS_FALSE:
+                        continue
+                arg = name + eq + value
+            out.append(arg)
+        return super().parse_args(ctx, out)
+
+
+def device_option(f):
+    return click.option(
+        "--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
+        help="Where ONNX Runtime runs: auto takes CUDA when onnxruntime has it and a GPU is present.",
+    )(f)
+
+
+def timing_options(f):
+    """``--batches``/``--repeat``/``--db``: what the slimming commands time before and after on."""
+    f = click.option("--db", "timing_db", type=click.Path(exists=True),
+                     help="Time (and compare outputs) on records of this LMDB, through the input layer's"
+                          " transform, instead of random inputs.")(f)
+    f = click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,
+                     help="Timed rounds over the batches.")(f)
+    return click.option("--batches", type=click.IntRange(min=0), default=3, show_default=True,
+                        help="Batches to time before and after on (0: no timing).")(f)
+
+
+def echo_report(rep, as_json: bool) -> None:
+    """A slimming report as text lines or JSON."""
+    import json
+
+    click.echo(json.dumps(rep.to_dict(), indent=2) if as_json else "\n".join(rep.lines()))

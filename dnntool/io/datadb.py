@@ -64,3 +64,367 @@ def datum_shape(d: caffe_pb2.Datum) -> tuple[int, int, int]:
             raise FormatError("encoded Datum cannot be decoded")
         return (1 if img.ndim == 2 else img.shape[2], img.shape[0], img.shape[1])
     return (d.channels, d.height, d.width)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing: an append-only writer with map growth, staged under a temporary name.
+# ---------------------------------------------------------------------------------------------
+
+
+def varint(n: int) -> bytes:
+    """Protobuf base-128 varint; negative int32 values take ten bytes, as protobuf writes them."""
+    if n < 0:
+        n += 1 << 64
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        if not n:
+            out.append(low)
+            return bytes(out)
+        out.append(low | 0x80)
+
+
+def datum_header(channels: int, height: int, width: int, data_len: int) -> bytes:
+    """Datum wire bytes before the payload: channels (1), height (2), width (3), data tag+length (4)."""
+    return (b"\x08" + varint(channels) + b"\x10" + varint(height) + b"\x18" + varint(width)
+            + b"\x22" + varint(data_len))
+
+
+def datum_trailer(label: int, encoded: bool) -> bytes:
+    """Datum wire bytes after the payload: label (5) and encoded (7), always written as Caffe does."""
+    return b"\x28" + varint(label) + (b"\x38\x01" if encoded else b"\x38\x00")
+
+
+class LmdbWriter:
+    """Append records to a new LMDB in key order; commits every ``commit_every`` records or
+    ``commit_bytes`` bytes, and grows the map on MDB_MAP_FULL (python-lmdb does not; Caffe doubles it).
+
+    The file's bytes depend only on the sequence of puts: the same records in the same order give
+    the same ``data.mdb`` (commit points and map growth follow the data, not the clock).
+
+    Durable like Caffe's writer (LMDB's default fsyncs every commit), but without stalling: each
+    commit only wakes a thread that starts writing the new pages to disk while records keep
+    coming, and ``close`` fsyncs once.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], map_size: int = 64 << 20,
+                 commit_every: int = 1000, commit_bytes: int = 8 << 20):
+        import lmdb
+
+        self._lmdb = lmdb
+        self.path = str(path)
+        # meminit: LMDB zeroes the unused part of each page, so no stale heap bytes reach the file.
+        self.env = lmdb.open(self.path, map_size=map_size, subdir=True, sync=False, metasync=False,
+                             meminit=True, writemap=False, readahead=False, max_dbs=0)
+        self._flusher = _WriteBehind(Path(self.path) / "data.mdb")
+        self.map_size = map_size
+        self.commit_every, self.commit_bytes = commit_every, commit_bytes
+        self.count = 0
+        self._pending: list[tuple[bytes, bytes]] = []
+        self._pending_bytes = 0
+        self._last_key = self._committed_key = b""
+        self._txn = None
+
+    def put(self, key: bytes, value) -> None:
+        """Add one record (bytes or a buffer); keys in increasing order use MDB_APPEND."""
+        self._pending.append((key, value))
+        self._pending_bytes += len(value)
+        if self._txn is None:
+            self._txn = self.env.begin(write=True)
+        try:
+            self._put(key, value)
+        except self._lmdb.MapFullError:
+            self._grow_and_replay()
+        self.count += 1
+        if len(self._pending) >= self.commit_every or self._pending_bytes >= self.commit_bytes:
+            self.commit()
+
+    def _put(self, key: bytes, value) -> None:
+        append = key > self._last_key
+        if not self._txn.put(key, value, append=append, overwrite=False):
+            raise FormatError(f"duplicate key '{key.decode('utf-8', 'replace')}'", SourceLoc(self.path))
+        if append:
+            self._last_key = key
+
+    def _grow_and_replay(self) -> None:
+        # A transaction that hit MDB_MAP_FULL is dead: abort it, double the map, redo its puts.
+        while True:
+            if self._txn is not None:
+                self._txn.abort()
+            self.map_size *= 2
+            self.env.set_mapsize(self.map_size)
+            self._txn = self.env.begin(write=True)
+            self._last_key = self._committed_key
+            try:
+                for k, v in self._pending:
+                    self._put(k, v)
+                return
+            except self._lmdb.MapFullError:
+                continue
+
+    def commit(self) -> None:
+        """Commit the buffered records (growing the map if the commit itself runs out of room)."""
+        while self._txn is not None:
+            try:
+                self._txn.commit()
+            except self._lmdb.MapFullError:
+                self._txn = None  # a failed commit aborts the transaction
+                self._grow_and_replay()
+                continue
+            self._txn = None
+        self._committed_key = self._last_key
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._flusher.kick()
+
+    def close(self) -> None:
+        """Commit, flush to disk (fsync) and close."""
+        self.commit()
+        self._flusher.close()
+        self.env.sync(True)
+        self.env.close()
+
+    def abort(self) -> None:
+        """Drop the uncommitted records and close."""
+        self._flusher.close()
+        if self._txn is not None:
+            self._txn.abort()
+            self._txn = None
+        self.env.close()
+
+
+class _WriteBehind:
+    """A thread that starts the kernel's writeback of a file each time it is kicked (kicks
+    coalesce), so the disk writes overlap the work that produces the next records and the final
+    fsync finds little left. On Linux it only *starts* writeback (sync_file_range): an fdatasync
+    per commit would also force a journal commit and a device cache flush each time."""
+
+    def __init__(self, path: Path):
+        import threading
+
+        self._fd = os.open(path, os.O_RDONLY)
+        self._kicked = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="lmdb-write-behind", daemon=True)
+        self._started = False
+
+    def kick(self) -> None:
+        if not self._started:  # started on the first commit, after any worker processes forked
+            self._thread.start()
+            self._started = True
+        self._kicked.set()
+
+    def _run(self) -> None:
+        start = _start_writeback()
+        while True:
+            self._kicked.wait()
+            self._kicked.clear()
+            if self._stop:
+                return
+            try:
+                start(self._fd)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return
+        self._stop = True
+        self._kicked.set()
+        if self._started:
+            self._thread.join()
+        os.close(self._fd)
+        self._fd = -1
+
+
+def _start_writeback():
+    """``fd -> None`` that starts writing a file's dirty pages: sync_file_range(SYNC_FILE_RANGE_WRITE)
+    on Linux, fdatasync elsewhere."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+        fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    except (OSError, AttributeError):
+        return getattr(os, "fdatasync", os.fsync)
+
+    def start(fd: int) -> None:
+        if fn(fd, 0, 0, 2) != 0:  # 2 = SYNC_FILE_RANGE_WRITE
+            raise OSError(ctypes.get_errno(), "sync_file_range")
+
+    return start
+
+
+class StagedDb:
+    """A database written under ``<target>.tmp-<pid>`` and renamed to ``target`` when complete.
+
+    An interrupted writer (Ctrl-C, kill -9) leaves at most the temporary directory, never a partial
+    database at ``target``; the next run removes temporaries whose process is gone. An existing
+    ``target`` is replaced only with ``overwrite`` and only after the new database is complete.
+    """
+
+    def __init__(self, target: str | os.PathLike[str], overwrite: bool = False):
+        self.target = Path(target)
+        self.overwrite = overwrite
+        check_target(self.target, overwrite)
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.target)
+        self.path = self.target.with_name(f"{self.target.name}.tmp-{os.getpid()}")
+        if self.path.exists():
+            import shutil
+
+            shutil.rmtree(self.path)
+        self.path.mkdir()
+
+    def commit(self) -> None:
+        """Move the finished database into place (replacing the old one under ``overwrite``)."""
+        import shutil
+
+        check_target(self.target, self.overwrite)
+        old = None
+        if self.target.exists() or self.target.is_symlink():
+            old = self.target.with_name(f"{self.target.name}.old-{os.getpid()}")
+            os.rename(self.target, old)
+        os.rename(self.path, self.target)
+        _fsync_dir(self.target.parent)
+        if old is not None:
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+
+    def discard(self) -> None:
+        """Remove the temporary directory."""
+        import shutil
+
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def check_target(target: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing path without ``overwrite``, and never replace a non-LMDB."""
+    if not (target.exists() or target.is_symlink()):
+        return
+    if not overwrite:
+        raise FormatError("already exists (use --overwrite to replace it)", SourceLoc(str(target)))
+    if not is_lmdb(target) and not (target.is_dir() and not any(target.iterdir())):
+        raise FormatError("exists and is not an LMDB; not replacing it", SourceLoc(str(target)))
+
+
+def remove_stale_temporaries(target: Path) -> None:
+    """Delete ``<target>.tmp-<pid>`` directories left by writers that no longer run."""
+    import shutil
+
+    for p in target.parent.glob(f"{_glob_escape(target.name)}.tmp-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading: counts, chunk boundaries and a zero-copy view of raw Datum records.
+# ---------------------------------------------------------------------------------------------
+
+
+def lmdb_entries(path: str | os.PathLike[str]) -> int:
+    """Number of records in an LMDB (from its statistics, without a scan)."""
+    if not is_lmdb(path):
+        raise FormatError("no such LMDB (expected a directory holding data.mdb)", SourceLoc(str(path)))
+    env = open_lmdb(path)
+    try:
+        return int(env.stat()["entries"])
+    finally:
+        env.close()
+
+
+def chunk_starts(path: str | os.PathLike[str], every: int) -> list[bytes]:
+    """The first key of every run of ``every`` records, in key order (a keys-only scan)."""
+    env = open_lmdb(path)
+    try:
+        with env.begin() as txn:
+            starts = []
+            for i, key in enumerate(txn.cursor().iternext(keys=True, values=False)):
+                if i % every == 0:
+                    starts.append(bytes(key))
+            return starts
+    finally:
+        env.close()
+
+
+def datum_view(value) -> tuple[int, int, int, int, int, bool] | None:
+    """Parse a Datum's wire bytes without copying its payload.
+
+    Returns ``(channels, height, width, data_offset, data_len, encoded)`` or None when the record
+    needs the full parser (``float_data``, unknown or malformed fields).
+    """
+    buf = value if isinstance(value, (bytes, bytearray)) else memoryview(value).cast("B")
+    n = len(buf)
+    pos = 0
+    fields = [0, 0, 0]
+    data_off = data_len = 0
+    encoded = False
+    while pos < n:
+        tag, pos = _read_varint(buf, pos)
+        if tag is None:
+            return None
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            val, pos = _read_varint(buf, pos)
+            if val is None:
+                return None
+            if 1 <= field <= 3:
+                fields[field - 1] = val
+            elif field == 7:
+                encoded = bool(val)
+            elif field != 5:
+                return None
+        elif wire == 2 and field == 4:
+            length, pos = _read_varint(buf, pos)
+            if length is None or pos + length > n:
+                return None
+            data_off, data_len = pos, length
+            pos += length
+        else:
+            return None
+    return fields[0], fields[1], fields[2], data_off, data_len, encoded
+
+
+def _read_varint(buf, pos: int) -> tuple[int | None, int]:
+    result = shift = 0
+    n = len(buf)
+    while pos < n and shift < 64:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+    return None, pos
