@@ -1,0 +1,71 @@
+"""Benchmark: ``dnntool netscope`` as a whole process on ResNet-152 (and GoogLeNet, DenseNet-121).
+
+For each net it measures, in the same run:
+
+* baseline: ``dnntool param-count NET`` (start Python, parse the prototxt, build the net, count),
+* ``dnntool netscope NET -o out.{html,svg,png,dot}`` (the same, plus graph, layout and rendering),
+
+and prints the medians, the ratio of each to the baseline and whether it is under 2 s (the target
+for ResNet-152 HTML).
+
+Usage: python benchmarks/netscope.py [--repeat 5] [--zoo ../shared/zoo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+NETS = {
+    "ResNet-152": "resnet/prototxt/ResNet-152-deploy.prototxt",
+    "GoogLeNet": "bvlc/models/bvlc_googlenet/deploy.prototxt",
+    "DenseNet-121": "densenet_caffe/DenseNet_121.prototxt",
+}
+FORMATS = ("html", "svg", "png", "dot")
+
+
+def timed(cmd: list[str], repeat: int) -> float:
+    """Median wall time of a command, in seconds (one warm-up run first)."""
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--zoo", default=os.environ.get("DNNTOOL_ZOO",
+                                                    str(Path(__file__).resolve().parents[2] / "shared" / "zoo")))
+    args = ap.parse_args()
+    zoo = Path(args.zoo)
+    if not zoo.is_dir():
+        print(f"zoo not found at {zoo}; pass --zoo", file=sys.stderr)
+        return 2
+    py = sys.executable
+    print(f"{'net':<13} {'command':<18} {'median':>8} {'/base':>7} {'size':>9} {'< 2 s':>6}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, rel in NETS.items():
+            path = str(zoo / rel)
+            base = timed([py, "-m", "dnntool", "param-count", path], args.repeat)
+            print(f"{name:<13} {'param-count (base)':<18} {base * 1000:>6.0f}ms {1:>6.2f}x {'':>9} {'':>6}")
+            for fmt in FORMATS:
+                out = Path(tmp) / f"out.{fmt}"
+                t = timed([py, "-m", "dnntool", "netscope", path, "-o", str(out)], args.repeat)
+                size = out.stat().st_size
+                print(f"{name:<13} {'netscope .' + fmt:<18} {t * 1000:>6.0f}ms {t / base:>6.2f}x"
+                      f" {size / 1024:>7.0f}KB {'yes' if t < 2 else 'NO':>6}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
