@@ -15,9 +15,23 @@ from dnntool import __version__
 
 # command name -> "module:attribute"; modules are imported only when their command runs (or --help).
 COMMANDS: dict[str, str] = {
+    "compare": "dnntool.cli.compare:cli",
+    "compute-image-mean": "dnntool.cli.compute_image_mean:cli",
+    "convert-images": "dnntool.cli.convert_images:cli",
+    "decompose": "dnntool.cli.decompose:cli",
     "demo": "dnntool.cli.demo:cli",
+    "export-onnx": "dnntool.cli.export_onnx:cli",
+    "featuremap-dump": "dnntool.cli.featuremap_dump:cli",
     "flops": "dnntool.cli.flops:cli",
+    "fold-bn": "dnntool.cli.fold_bn:cli",
+    "init-weights": "dnntool.cli.init_weights:cli",
+    "netscope": "dnntool.cli.netscope:cli",
     "param-count": "dnntool.cli.param_count:cli",
+    "prune": "dnntool.cli.prune:cli",
+    "quantize": "dnntool.cli.quantize:cli",
+    "test": "dnntool.cli.evaluate:cli",
+    "time": "dnntool.cli.time_net:cli",
+    "train": "dnntool.cli.train:cli",
     "upgrade-net": "dnntool.cli.upgrade_net:cli",
 }
 
