@@ -3,15 +3,19 @@
 Measured in one run, on one machine, with the same files:
 
 * convert-images, 5,000 JPEGs of 256x256 -> 227x227 raw Datums: ``--jobs 1``, ``--jobs 2`` and
-  all cores, against a bare loop over all cores that reads, decodes and resizes each image with
-  cv2 and writes nothing (the floor for the decode work);
+  all cores (and all cores with the DB in /dev/shm), against a bare loop over all cores that
+  reads, decodes and resizes each image with cv2 and writes nothing (the floor for the decode
+  work; its workers get our workers' set-up), and a bare write of the same bytes (the floor for
+  the writing);
 * compute-image-mean on that raw DB, against a bare LMDB scan that only reads every value (the
   floor for the I/O); on an encoded DB (the JPEG bytes kept), ``--jobs 2`` against ``--jobs 1``;
-* peak memory (max RSS of the writer process and of the largest worker) of convert-images on
-  1,000 and 5,000 images, each in a fresh process.
+* peak memory of convert-images on 1,000 and 5,000 images, each in a fresh process: the writer's
+  RSS and private memory, and the private memory of all its processes plus the shared buffers.
 
 The images are random 256x256 crops of scikit-learn's sample photos (china.jpg, flower.jpg). Each
-timing is the best of ``--repeat`` runs; the page cache is warm (the files were just written).
+timing is the best of ``--repeat`` rounds, the variants interleaved within a round; the page cache
+is warm (the files were just written). The CPU time of each best run is printed beside it, and
+at the end the average load other processes put on the machine meanwhile (the ratios fall with it).
 
 Usage: python benchmarks/datasets.py [--images 5000] [--repeat 3] [--workdir DIR] [--keep]
 """
