@@ -17,7 +17,6 @@ import re
 from collections.abc import Callable, Sequence
 
 from dnntool.errors import NeedsInputShape
-from dnntool.layers import detection_ops as ops
 from dnntool.layers.base import (
     Cost,
     DataLayer,
@@ -31,6 +30,18 @@ from dnntool.layers.base import (
 from dnntool.layers.loss import SoftmaxWithLoss, batch_count
 from dnntool.layers.registry import register_layer
 from dnntool.proto import caffe_pb2
+
+
+class _LazyOps:
+    """``detection_ops`` (numpy ONNX builders) imported on first use: analysis commands never need it."""
+
+    def __getattr__(self, name: str):
+        from dnntool.layers import detection_ops
+
+        return getattr(detection_ops, name)
+
+
+ops = _LazyOps()
 
 # ---------------------------------------------------------------------------------------------
 # helpers

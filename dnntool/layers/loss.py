@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from dnntool.layers.base import BackEmit, Cost, Emit, LayerDef, LossLayer, Shape, count, count_range
 from dnntool.layers.registry import register_layer
 from dnntool.proto import caffe_pb2
@@ -309,6 +307,8 @@ class InfogainLoss(LossLayer):
 
     def infogain(self, e: Emit, k: int) -> str:
         """H (K, K): the third bottom, or the BlobProto file ``source`` read when translating."""
+        import numpy as np
+
         if len(e.bottoms) == 3:
             return e.g.reshape(e.bottoms[2], [k, k])
         import os

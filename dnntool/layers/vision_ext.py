@@ -7,9 +7,6 @@ pure data movement (channel shuffle, unpooling scatter, nearest-neighbour repeat
 
 from __future__ import annotations
 
-import numpy as np
-from onnx import numpy_helper
-
 from dnntool.layers.base import Cost, Emit, LayerDef, Shape, count
 from dnntool.layers.registry import register_layer
 
@@ -20,6 +17,8 @@ def _fmt(s: Shape) -> str:
 
 def _full_shape(e: Emit, x: str, tail: list[int]) -> str:
     """An int64 shape tensor (N, C, *tail): constant, or N and C read from ``x`` when the batch is dynamic."""
+    import numpy as np
+
     b = e.bottom_shapes[0]
     if e.batch is None:
         return e.g.const(np.asarray([b[0], b[1], *tail], np.int64))
@@ -212,6 +211,9 @@ class Upsample(LayerDef):
         """SegNet: scatter each value to the plane index its mask holds (top zero elsewhere; index
         >= top plane size is an error, as Caffe's LOG(FATAL)). One bottom: nearest-neighbour copy,
         top[h][w] = bottom[h / scale_h][w / scale_w], then the pad_out row/column dropped."""
+        import numpy as np
+        from onnx import numpy_helper
+
         b, top = e.bottom_shapes[0], e.top_shapes[0]
         g, x = e.g, e.bottoms[0]
         if len(e.bottoms) == 2:
