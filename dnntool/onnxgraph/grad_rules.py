@@ -456,11 +456,40 @@ def _conv_attrs(c: GradCtx, nsp: int):
     return k, s, d, p, int(c.attr("group", 1))
 
 
-def conv_weight_grad(g: GraphBuilder, x: str, dy: str, xs, ys, k, s, d, p, group: int) -> str:
-    """dW of y = conv(x, W) as one convolution over batch-transposed tensors (any group count).
+#: above this many im2col values (N x C x k^2 x OH x OW) dW falls back to the batch-transposed conv
+PATCH_LIMIT = 1 << 26
 
-    x (N, Cin, H...) and dy (N, Cout, OH...) give dW (Cout, Cin/group, k...).
+
+def conv_weight_grad(g: GraphBuilder, x: str, dy: str, xs, ys, k, s, d, p, group: int) -> str:
+    """dW of y = conv(x, W): x (N, Cin, H...) and dy (N, Cout, OH...) give dW (Cout, Cin/group, k...).
+
+    Two exact formulations, chosen by size (measured on 2 cores, ms for LeNet conv2 / CIFAR10-quick
+    conv1 / conv2, PyTorch's conv2d_weight 2.4 / 3.1 / 5.5): patches extracted by one depthwise
+    convolution with one-hot kernels, then a batched MatMul with dY summed over the batch (2.4 / 8.4
+    / 22); one convolution over batch-transposed tensors (5.7 / 40 / 169), which needs no im2col
+    buffer and is kept for shapes whose patches would not fit in memory.
     """
+    nsp = len(k)
+    n, cin, cout = xs[0], xs[1], ys[1]
+    kk = int(np.prod(k))
+    length = int(np.prod(ys[2:]))
+    if nsp == 2 and n * cin * kk * length <= PATCH_LIMIT:
+        cg, og = cin // group, cout // group
+        onehot = np.zeros((cin * kk, 1, *k), g.dtype)
+        for t in range(kk):
+            onehot[t::kk, 0, t // k[1], t % k[1]] = 1.0
+        cols = g.op1("Conv", [x, g.const(onehot)], kernel_shape=list(k), strides=s, dilations=d, pads=p,
+                     group=cin)  # (N, Cin*k*k, OH, OW): channel c*kk + t is tap t of input channel c
+        cols = g.reshape(cols, [n, group, cg * kk, length])
+        dyr = g.reshape(dy, [n, group, og, length])
+        prod = g.op1("MatMul", [dyr, g.op1("Transpose", [cols], perm=[0, 1, 3, 2])])  # (N, g, og, cg*kk)
+        dw = g.op1("ReduceSum", [prod, g.const([0])], keepdims=0)
+        return g.reshape(dw, [cout, cg, *k])
+    return _conv_weight_grad_transposed(g, x, dy, xs, ys, k, s, d, p, group)
+
+
+def _conv_weight_grad_transposed(g: GraphBuilder, x: str, dy: str, xs, ys, k, s, d, p, group: int) -> str:
+    """dW as one convolution over batch-transposed tensors (any group count)."""
     n, cin = xs[0], xs[1]
     cout = ys[1]
     nsp = len(k)

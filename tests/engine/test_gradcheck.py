@@ -157,3 +157,14 @@ def test_dropout_backward_uses_the_forward_mask():
     assert 0 < mask.mean() < 1  # some units dropped, some kept
     np.testing.assert_allclose(y[mask], x[mask] / 0.6, rtol=1e-6)
     np.testing.assert_allclose(dx, rr * mask / 0.6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["conv", "conv_stride_odd", "conv_group_dil", "depthwise", "deconv_group"])
+def test_conv_weight_gradient_fallback_formulation(name, monkeypatch):
+    """The batch-transposed convolution used when im2col patches would be too big, checked too."""
+    from dnntool.onnxgraph import grad_rules
+
+    monkeypatch.setattr(grad_rules, "PATCH_LIMIT", 0)
+    _, text, shapes = next(c for c in CASES if c[0] == name)
+    net = build_net(text, shapes, phase="train")
+    check_layer_gradient(net, _feeds(net))
