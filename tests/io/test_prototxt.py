@@ -194,6 +194,12 @@ def _roundtrip(src_path: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", sorted(p.name for p in SAMPLES.glob("*.prototxt")))
 def test_write_roundtrip_samples(tmp_path, name):
+    if "solver" in name:  # solvers round-trip as SolverParameter
+        first = read_solver(SAMPLES / name)
+        out = tmp_path / name
+        write_prototxt(first, out)
+        assert read_solver(out) == first
+        return
     _roundtrip(SAMPLES / name, tmp_path)
 
 
