@@ -55,7 +55,7 @@ class TestNet:
         if not wanted:
             raise NetError(f"test net '{net.name}' has no outputs to average")
         tr = to_onnx(net, None, outputs=wanted, params_as_inputs=True, name=f"{net.name or 'net'}_test")
-        self.session, self.provider = make_session(tr.model, device, threads)
+        self.session, self.provider = make_session(tr.model, device, threads, spinning=False)
         self.wanted = list(tr.outputs)
         self.inputs = {i.name for i in self.session.get_inputs()}
         self.shared, self.own = self._share(train_net, init_weights(net, seed))

@@ -141,8 +141,8 @@ class Trainer:
 
         self.net, self.sp = net, sp
         self.graphs = build_train_graphs(net, sp)
-        self.grad_sess, self.provider = make_session(self.graphs.grad_model, device, threads)
-        self.update_sess, _ = make_session(self.graphs.update_model, device, threads)
+        self.grad_sess, self.provider = make_session(self.graphs.grad_model, device, threads, spinning=False)
+        self.update_sess, _ = make_session(self.graphs.update_model, device, threads, spinning=False)
         self.kind = solver_type(sp)
         self.sets = HISTORY_SETS[self.kind]
         self.values: dict[str, np.ndarray] = {}
