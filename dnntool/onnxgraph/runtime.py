@@ -86,3 +86,11 @@ def make_session(model, device: str | Device = "auto", threads: int | None = Non
     if dev.kind == "cuda" and used != "CUDAExecutionProvider":
         raise DnnToolError("--device cuda: onnxruntime fell back to the CPU (CUDA libraries missing?)")
     return sess, used
+
+
+def to_device(arr, device: tuple[str, int] = ("cpu", 0)):
+    """A float32 OrtValue holding ``arr`` on ``device`` (("cpu", 0) or ("cuda", N)), for IO binding."""
+    import numpy as np
+    from onnxruntime import OrtValue
+
+    return OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr, np.float32), *device)

@@ -133,7 +133,12 @@ def _emit_bn_updates(g: GraphBuilder, net: Net, em) -> dict[str, str]:
 
 
 class Trainer:
-    """Holds the two sessions, the weights and the solver history; ``step`` runs one iteration."""
+    """Holds the two sessions, the weights and the solver history; ``step`` runs one iteration.
+
+    Weights, BatchNorm statistics and solver history live as OrtValues on the session's device
+    between steps; each step binds them (IO binding) with the batch, and the outputs of one run
+    become the inputs of the next, so only the batch goes in and the logged scalars come out.
+    """
 
     def __init__(self, net: Net, sp: caffe_pb2.SolverParameter, weights: dict[str, np.ndarray],
                  device: str = "auto", threads: int | None = None):
@@ -143,18 +148,29 @@ class Trainer:
         self.graphs = build_train_graphs(net, sp)
         self.grad_sess, self.provider = make_session(self.graphs.grad_model, device, threads, spinning=False)
         self.update_sess, _ = make_session(self.graphs.update_model, device, threads, spinning=False)
+        self._dev = ("cuda", _device_index(device)) if self.provider == "CUDAExecutionProvider" else ("cpu", 0)
         self.kind = solver_type(sp)
         self.sets = HISTORY_SETS[self.kind]
-        self.values: dict[str, np.ndarray] = {}
+        self._ov: dict[str, object] = {}  # name -> OrtValue on the device
         for b in self.graphs.blobs:
-            self.values[b.name] = np.ascontiguousarray(weights[b.name], np.float32).reshape(b.shape)
-            for s in range(self.sets):
-                self.values[f"hist{s}::{b.name}"] = np.zeros(b.shape, np.float32)
-        self._grad_inputs = {i.name for i in self.grad_sess.get_inputs()}
+            self._put(b.name, np.ascontiguousarray(weights[b.name], np.float32).reshape(b.shape))
+            for k in range(self.sets):
+                self._put(f"hist{k}::{b.name}", np.zeros(b.shape, np.float32))
+        self._grad_inputs = [i.name for i in self.grad_sess.get_inputs()]
         self._update_inputs = [i.name for i in self.update_sess.get_inputs()]
         self._update_outputs = [o.name for o in self.update_sess.get_outputs()]
         self._grad_outputs = [o.name for o in self.grad_sess.get_outputs()]
         self.iter = 0
+
+    def _put(self, name: str, arr: np.ndarray) -> None:
+        from dnntool.onnxgraph.runtime import to_device
+
+        self._ov[name] = to_device(arr, self._dev)
+
+    @property
+    def values(self) -> dict[str, np.ndarray]:
+        """Every held tensor as numpy (a copy on a GPU; for inspection and tests)."""
+        return {k: v.numpy() for k, v in self._ov.items()}
 
     @property
     def trained(self) -> list[str]:
@@ -163,31 +179,51 @@ class Trainer:
     def step(self, feeds_per_subbatch: list[dict[str, np.ndarray]]) -> dict[str, float]:
         """One iteration over ``iter_size`` sub-batches: gradients summed, one update. Returns the
         mean of each logged output over the sub-batches."""
-        acc: dict[str, np.ndarray] = {}
+        from dnntool.onnxgraph.runtime import to_device
+
+        dev_type, dev_id = self._dev
+        grads: dict[str, object] = {}
         sums: dict[str, float] = {}
         for feeds in feeds_per_subbatch:
-            inputs = {k: v for k, v in self.values.items() if k in self._grad_inputs}
-            inputs.update({k: np.asarray(v, np.float32) for k, v in feeds.items() if k in self._grad_inputs})
-            res = dict(zip(self._grad_outputs, self.grad_sess.run(None, inputs), strict=True))
-            for name, val in res.items():
+            io = self.grad_sess.io_binding()
+            for name in self._grad_inputs:
+                if name in feeds:
+                    io.bind_cpu_input(name, np.ascontiguousarray(feeds[name], np.float32))
+                else:
+                    io.bind_ortvalue_input(name, self._ov[name])
+            for name in self._grad_outputs:
+                io.bind_output(name, dev_type, dev_id)
+            self.grad_sess.run_with_iobinding(io)
+            for name, val in zip(self._grad_outputs, io.get_outputs(), strict=True):
                 if name.startswith("grad::"):
                     key = name[len("grad::"):]
-                    acc[key] = val if key not in acc else acc[key] + val
+                    if key in grads:  # iter_size > 1: sum the sub-batch gradients (on the host)
+                        grads[key] = to_device(grads[key].numpy() + val.numpy(), self._dev)
+                    else:
+                        grads[key] = val
                 elif name.startswith("bn::"):
-                    self.values[name[len("bn::"):]] = val
+                    self._ov[name[len("bn::"):]] = val
                 elif name.startswith("out::"):
-                    sums[name[len("out::"):]] = sums.get(name[len("out::"):], 0.0) + float(np.mean(val))
+                    key = name[len("out::"):]
+                    sums[key] = sums.get(key, 0.0) + float(np.mean(val.numpy()))
         lr = learning_rate(self.sp, self.iter)
-        feeds = {"lr": np.asarray(lr, np.float32)}
+        io = self.update_sess.io_binding()
+        scalars = {"lr": lr}
         if self.kind == "Adam":
-            feeds["correction"] = np.asarray(adam_correction(self.sp, self.iter), np.float32)
+            scalars["correction"] = adam_correction(self.sp, self.iter)
         for name in self._update_inputs:
-            if name.startswith("grad::"):
-                feeds[name] = acc[name[len("grad::"):]]
-            elif name not in feeds:
-                feeds[name] = self.values[name]
-        for name, val in zip(self._update_outputs, self.update_sess.run(None, feeds), strict=True):
-            self.values[name.replace("new_", "", 1).replace("new::", "", 1)] = val
+            if name in scalars:
+                io.bind_cpu_input(name, np.asarray(scalars[name], np.float32))
+            elif name.startswith("grad::"):
+                io.bind_ortvalue_input(name, grads[name[len("grad::"):]])
+            else:
+                io.bind_ortvalue_input(name, self._ov[name])
+        for name in self._update_outputs:
+            io.bind_output(name, dev_type, dev_id)
+        self.update_sess.run_with_iobinding(io)
+        for name, val in zip(self._update_outputs, io.get_outputs(), strict=True):
+            key = name[len("new::"):] if name.startswith("new::") else name[len("new_"):]
+            self._ov[key] = val
         self.iter += 1
         n = max(1, len(feeds_per_subbatch))
         out = {k: v / n for k, v in sums.items()}
@@ -195,11 +231,11 @@ class Trainer:
         return out
 
     def weights(self) -> dict[str, np.ndarray]:
-        return {b.name: self.values[b.name] for b in self.graphs.blobs}
+        return {b.name: self._ov[b.name].numpy() for b in self.graphs.blobs}
 
     def history(self) -> list[np.ndarray]:
         """Solver history in Caffe's solverstate order: each set over all owned blobs."""
-        return [self.values[f"hist{s}::{b.name}"] for s in range(self.sets) for b in self.graphs.blobs]
+        return [self._ov[f"hist{k}::{b.name}"].numpy() for k in range(self.sets) for b in self.graphs.blobs]
 
     def set_history(self, arrays: list[np.ndarray]) -> None:
         blobs = self.graphs.blobs
@@ -208,4 +244,10 @@ class Trainer:
                            f" {self.sets * len(blobs)}")
         for k, arr in enumerate(arrays):
             b = blobs[k % len(blobs)]
-            self.values[f"hist{k // len(blobs)}::{b.name}"] = np.asarray(arr, np.float32).reshape(b.shape)
+            self._put(f"hist{k // len(blobs)}::{b.name}", np.asarray(arr, np.float32).reshape(b.shape))
+
+
+def _device_index(device: str) -> int:
+    from dnntool.onnxgraph.runtime import Device
+
+    return Device.parse(device).index
