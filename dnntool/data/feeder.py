@@ -7,14 +7,13 @@ the same seed gives the same batches whether or not prefetching is on.
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from dnntool.data.prefetch import Prefetcher
 from dnntool.data.sources import ImageListSource, LmdbSource, Record
 from dnntool.data.transform import Transformer
 from dnntool.errors import FormatError, NetError, SourceLoc
@@ -79,16 +78,9 @@ class Feeder:
         # raw LMDB groups come joined in one array; other sources go record by record
         self._chunks = source.chunks(self.batch_size) if prepare is None and hasattr(source, "chunks") else None
         self._records = source.records(cycle=True) if self._chunks is None else None
-        self._count = 0
-        self._queue: queue.Queue | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        if prefetch > 0:
-            self._queue = queue.Queue(maxsize=prefetch)
-            self._thread = threading.Thread(target=self._produce, name="dnntool-feeder", daemon=True)
-            self._thread.start()
+        self._pf: Prefetcher[Batch] = Prefetcher(self._make, 0, prefetch, "dnntool-feeder")
 
-    def _make(self) -> Batch:
+    def _make(self, index: int) -> Batch:
         if self._chunks is not None:
             keys, data, labels = next(self._chunks)
         else:
@@ -96,36 +88,17 @@ class Feeder:
             if self.prepare is not None:
                 recs = [self.prepare(r) for r in recs]
             keys, data, labels = [r.key for r in recs], [r.data for r in recs], [r.label for r in recs]
-        b = assemble(keys, data, labels, self.transformer, self.rng, self.expect,
-                     getattr(self.source, "path", None), self._count)
-        self._count += 1
-        return b
-
-    def _produce(self) -> None:
-        assert self._queue is not None
-        while not self._stop.is_set():
-            try:
-                item: object = self._make()
-            except BaseException as e:  # handed to the consumer, which re-raises it
-                item = e
-            while not self._stop.is_set():
-                try:
-                    self._queue.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if isinstance(item, BaseException):
-                return
+        return assemble(keys, data, labels, self.transformer, self.rng, self.expect,
+                        getattr(self.source, "path", None), index)
 
     def next(self) -> Batch:
         """The next batch (waits for the producer when it is behind)."""
-        if self._queue is None:
-            return self._make()
-        item = self._queue.get()
-        if isinstance(item, BaseException):
-            self.close()
-            raise item
-        return item
+        try:
+            return self._pf.next()
+        except BaseException:
+            if self._pf.threaded:
+                self.close()
+            raise
 
     def __iter__(self) -> Iterator[Batch]:
         while True:
@@ -133,12 +106,8 @@ class Feeder:
 
     def close(self) -> None:
         """Stop the producer thread and release the source."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=10)
-            if thread.is_alive():  # stuck in a read: leave the source open rather than pull it away
-                return
+        if not self._pf.close():  # stuck in a read: leave the source open rather than pull it away
+            return
         try:
             for gen in (self._chunks, self._records):
                 if gen is not None:

@@ -11,14 +11,14 @@ without arrays fills from its ``data_filler``; ``HDF5Data`` reads its files when
 
 from __future__ import annotations
 
-import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 
-from dnntool.errors import FormatError, NetError, SourceLoc
+from dnntool.data.prefetch import Prefetcher
+from dnntool.errors import FormatError, NetError
 from dnntool.net import Net
 
 #: what a library user may pass for a top: all samples (batches are taken in order, wrapping),
@@ -28,53 +28,6 @@ ArrayFeed = np.ndarray | Callable[[int], np.ndarray]
 
 def _dims(shape) -> str:
     return "x".join(str(int(d)) for d in shape)
-
-
-class _Prefetch:
-    """Runs ``make(k)`` for k = start, start+1, ... in a thread, ``depth`` batches ahead."""
-
-    def __init__(self, make: Callable[[int], list[np.ndarray]], start: int, depth: int):
-        self.make, self.k = make, start
-        self._queue: queue.Queue | None = queue.Queue(maxsize=depth) if depth > 0 else None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        if self._queue is not None:
-            self._thread = threading.Thread(target=self._run, name="dnntool-train-data", daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        assert self._queue is not None
-        k = self.k
-        while not self._stop.is_set():
-            try:
-                item: object = self.make(k)
-            except BaseException as e:  # handed to the consumer, which re-raises it
-                item = e
-            k += 1
-            while not self._stop.is_set():
-                try:
-                    self._queue.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if isinstance(item, BaseException):
-                return
-
-    def next(self) -> list[np.ndarray]:
-        if self._queue is None:
-            out = self.make(self.k)
-            self.k += 1
-            return out
-        item = self._queue.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._thread = None
 
 
 # -- record streams positioned at any record -------------------------------------------------------
@@ -150,37 +103,23 @@ class SourceStream:
         self.seed, self.ordinal = seed, ordinal
         self._records = _records_from(self.source, start * self.batch)
         self._lock = threading.Lock()
-        self._prefetch = _Prefetch(self._make, start, prefetch)
+        self._prefetch = Prefetcher(self._make, start, prefetch, "dnntool-train-data")
 
     def _make(self, k: int) -> list[np.ndarray]:
+        from dnntool.data.feeder import assemble
+
         with self._lock:
             recs = [next(self._records) for _ in range(self.batch)]
         rng = np.random.default_rng([self.seed, self.ordinal, k]) if self.transformer.random else None
-        return [self._transform(recs, rng), np.asarray([r.label for r in recs], np.float32)]
-
-    def _transform(self, recs: list, rng: np.random.Generator | None) -> np.ndarray:
-        """Stack same-shaped records and transform them; check against the net's data top."""
-        where = SourceLoc(getattr(self.source, "path", None))
-        first = recs[0].data.shape
-        for r in recs[1:]:
-            if r.data.shape != first:
-                raise FormatError(f"record '{r.key}' is {_dims(r.data.shape)} but record '{recs[0].key}'"
-                                  f" of the same batch is {_dims(first)}", where)
-        try:
-            data = self.transformer.batch(np.stack([r.data for r in recs]), rng, where=f"record '{recs[0].key}'")
-        except FormatError as e:
-            raise FormatError(e.message, where) from None
-        expect = tuple(self.layer.top_shapes[0][1:])
-        if tuple(data.shape[1:]) != expect:
-            raise FormatError(f"record '{recs[0].key}' gives a {_dims(data.shape[1:])} input but the net's"
-                              f" data top is {_dims(expect)} (the first record sets it, as in Caffe)", where)
-        return data
+        b = assemble([r.key for r in recs], [r.data for r in recs], [r.label for r in recs], self.transformer,
+                     rng, tuple(self.layer.top_shapes[0][1:]), getattr(self.source, "path", None), k)
+        return [b.data, b.label]
 
     def next(self) -> list[np.ndarray]:
         return self._prefetch.next()
 
     def close(self) -> None:
-        self._prefetch.close()
+        self._prefetch.close(timeout=5)
         self.source.close()
 
 

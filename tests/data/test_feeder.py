@@ -67,7 +67,7 @@ def test_close_stops_the_thread(db10):
     path, _, _ = db10
     f = Feeder(LmdbSource(path), Transformer(), 2, prefetch=2)
     f.next()
-    thread = f._thread
+    thread = f._pf._thread
     assert thread is not None and thread.is_alive()
     f.close()
     assert not thread.is_alive()
