@@ -16,13 +16,13 @@ Usage: python benchmarks/analysis.py [--repeat 7] [--zoo ../shared/zoo]
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from common import ZOO_DEFAULT, timed  # benchmarks/common.py
 
 NETS = {
     "ResNet-152": "resnet/prototxt/ResNet-152-deploy.prototxt",
@@ -32,16 +32,6 @@ PARSE_ONLY = (
     "import sys; from google.protobuf import text_format; from dnntool.proto import caffe_pb2;"
     " text_format.Parse(open(sys.argv[1]).read(), caffe_pb2.NetParameter())"
 )
-def timed(cmd: list[str], repeat: int) -> float:
-    """Median wall time of a command, in seconds (one warm-up run first)."""
-    subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
 
 def import_seconds(args: list[str], repeat: int) -> float:
     """Median time the command spends importing modules (``-X importtime``, top-level entries summed)."""
@@ -61,8 +51,7 @@ def import_seconds(args: list[str], repeat: int) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=7)
-    ap.add_argument("--zoo", default=os.environ.get("DNNTOOL_ZOO",
-                                                    str(Path(__file__).resolve().parents[2] / "shared" / "zoo")))
+    ap.add_argument("--zoo", default=ZOO_DEFAULT)
     args = ap.parse_args()
     zoo = Path(args.zoo)
     if not zoo.is_dir():

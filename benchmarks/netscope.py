@@ -14,13 +14,11 @@ Usage: python benchmarks/netscope.py [--repeat 5] [--zoo ../shared/zoo]
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from common import ZOO_DEFAULT, timed  # benchmarks/common.py
 
 NETS = {
     "ResNet-152": "resnet/prototxt/ResNet-152-deploy.prototxt",
@@ -30,22 +28,11 @@ NETS = {
 FORMATS = ("html", "svg", "png", "dot")
 
 
-def timed(cmd: list[str], repeat: int) -> float:
-    """Median wall time of a command, in seconds (one warm-up run first)."""
-    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--zoo", default=os.environ.get("DNNTOOL_ZOO",
-                                                    str(Path(__file__).resolve().parents[2] / "shared" / "zoo")))
+    ap.add_argument("--zoo", default=ZOO_DEFAULT)
     args = ap.parse_args()
     zoo = Path(args.zoo)
     if not zoo.is_dir():

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import ZOO_DEFAULT  # benchmarks/common.py
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -150,7 +151,7 @@ def run(name: str, spec, out: Path, batches: int, repeat: int) -> list[list[str]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--zoo", default=os.environ.get("DNNTOOL_ZOO", str(Path(__file__).resolve().parents[2] / "shared" / "zoo")))
+    ap.add_argument("--zoo", default=ZOO_DEFAULT)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--batches", type=int, default=3)
     ap.add_argument("--nets", default="resnet50,mobilenet,digits")
