@@ -43,6 +43,21 @@ def test_tile_rule():
     _check_op(lambda g, x: g.op1("Tile", [x, g.const([2, 3])]), x)
 
 
-def test_no_differentiable_op_without_rule_or_marker():
-    """Every op the translations emit has a rule or an explicit no-gradient marker (checked by name)."""
+def test_every_op_of_trainable_layers_has_a_rule_or_marker():
+    """Each ONNX op the training-mode forward of the gradient-checked layers emits has a gradient
+    rule or is explicitly marked non-differentiable (and no op is both)."""
+    from dnntool.translate.forward import emit_layers
+    from tests.engine.test_gradcheck import CASES, LOSSES
+    from tests.layers.util import build_net
+
     assert not (set(RULES) & NOT_DIFFERENTIABLE)
+    emitted = set()
+    for case in [*CASES, *LOSSES]:
+        net = build_net(case[1], case[2], phase="train")
+        g = GraphBuilder("ops")
+        g.reserve(net.blobs)
+        emit_layers(g, net, list(net.layers), None, list(net.layers[-1].tops), params_as_inputs=True, train=True)
+        emitted |= {n.op_type for n in g.nodes}
+    missing = sorted(emitted - set(RULES) - NOT_DIFFERENTIABLE)
+    assert not missing, f"ops without a gradient rule or marker: {missing}"
+    assert {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "Gemm", "Softmax"} <= emitted
