@@ -17,6 +17,7 @@ from dnntool.data.prefetch import Prefetcher
 from dnntool.data.sources import ImageListSource, LmdbSource, Record
 from dnntool.data.transform import Transformer
 from dnntool.errors import FormatError, NetError, SourceLoc
+from dnntool.layers.base import format_shape
 
 
 @dataclass
@@ -29,8 +30,6 @@ class Batch:
     index: int = 0  # 0-based batch number
 
 
-def _chw(shape) -> str:
-    return "x".join(str(int(d)) for d in shape)
 
 
 def assemble(keys: list[str], data: np.ndarray | list[np.ndarray], labels, transformer: Transformer,
@@ -42,8 +41,8 @@ def assemble(keys: list[str], data: np.ndarray | list[np.ndarray], labels, trans
         first = data[0].shape
         for k, x in zip(keys[1:], data[1:], strict=True):
             if x.shape != first:
-                raise FormatError(f"record '{k}' is {_chw(x.shape)} but record '{keys[0]}' of the same"
-                                  f" batch is {_chw(first)}", SourceLoc(where))
+                raise FormatError(f"record '{k}' is {format_shape(x.shape)} but record '{keys[0]}' of the same"
+                                  f" batch is {format_shape(first)}", SourceLoc(where))
         data = np.stack(data)
     try:
         out = transformer.batch(data, rng, where=f"record '{keys[0]}'")
@@ -51,8 +50,8 @@ def assemble(keys: list[str], data: np.ndarray | list[np.ndarray], labels, trans
         raise FormatError(e.message, SourceLoc(where)) from None
     if expect is not None and tuple(out.shape[1:]) != tuple(expect):
         raise FormatError(
-            f"record '{keys[0]}' gives a {_chw(out.shape[1:])} input but the net's data top is"
-            f" {_chw(expect)} (the first record sets it, as in Caffe)", SourceLoc(where),
+            f"record '{keys[0]}' gives a {format_shape(out.shape[1:])} input but the net's data top is"
+            f" {format_shape(expect)} (the first record sets it, as in Caffe)", SourceLoc(where),
         )
     return Batch(out, np.asarray(labels, np.float32), list(keys), index)
 

@@ -17,11 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dnntool.errors import FormatError, NetError
+from dnntool.layers.base import format_shape
 from dnntool.proto import caffe_pb2
-
-
-def _chw(shape) -> str:
-    return "x".join(str(int(d)) for d in shape)
 
 
 def load_mean_file(path: str | os.PathLike[str]) -> np.ndarray:
@@ -108,10 +105,10 @@ class Transformer:
         if c <= 0:
             raise FormatError(f"{where} has no channels")
         if self.crop and (self.crop[0] > h or self.crop[1] > w):
-            raise FormatError(f"{where} is {_chw(chw)}, smaller than the {_chw(self.crop)} crop")
+            raise FormatError(f"{where} is {format_shape(chw)}, smaller than the {format_shape(self.crop)} crop")
         if self.mean is not None and tuple(self.mean.shape) != (c, h, w):
             raise FormatError(
-                f"{where} is {_chw(chw)} but the mean is {_chw(self.mean.shape)} (Caffe needs the mean"
+                f"{where} is {format_shape(chw)} but the mean is {format_shape(self.mean.shape)} (Caffe needs the mean"
                 " at the record size; the crop is taken from both at the same offset)"
             )
         if self.mean_values and len(self.mean_values) not in (1, c):

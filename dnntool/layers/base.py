@@ -123,6 +123,11 @@ def constant_filler(value: float) -> caffe_pb2.FillerParameter:
     return caffe_pb2.FillerParameter(type="constant", value=value)
 
 
+def format_shape(shape: Sequence[int]) -> str:
+    """``1x3x224x224`` (``scalar`` for a 0-D blob)."""
+    return "x".join(str(int(d)) for d in shape) if len(shape) else "scalar"
+
+
 def count(shape: Sequence[int]) -> int:
     """Number of elements of a shape."""
     return math.prod(shape)

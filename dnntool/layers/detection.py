@@ -26,6 +26,7 @@ from dnntool.layers.base import (
     Shape,
     count,
     count_range,
+    format_shape,
 )
 from dnntool.layers.loss import SoftmaxWithLoss, batch_count
 from dnntool.layers.registry import register_layer
@@ -47,14 +48,12 @@ ops = _LazyOps()
 # helpers
 
 
-def _fmt(s: Sequence[int]) -> str:
-    return "x".join(str(d) for d in s) if s else "scalar"
 
 
 def _legacy(layer: LayerDef, s: Shape, i: int) -> int:
     """Caffe's ``Blob::LegacyShape``: num/channels/height/width, 1 past the last axis (<= 4 axes)."""
     if len(s) > 4:
-        raise layer.shape_error(f"blob {_fmt(s)} has {len(s)} axes; this layer reads num/channels/height/width (<= 4)")
+        raise layer.shape_error(f"blob {format_shape(s)} has {len(s)} axes; this layer reads num/channels/height/width (<= 4)")
     return s[i] if i < len(s) else 1
 
 
@@ -198,15 +197,15 @@ def _check_box_predictions(layer: LayerDef, bottoms: list[Shape], num_classes: i
     loc, conf, prior = bottoms[:3]
     num_priors = _legacy(layer, prior, 2) // 4
     if _legacy(layer, loc, 0) != _legacy(layer, conf, 0):
-        raise layer.shape_error(f"location {_fmt(loc)} and confidence {_fmt(conf)} predictions differ in batch size")
+        raise layer.shape_error(f"location {format_shape(loc)} and confidence {format_shape(conf)} predictions differ in batch size")
     if num_priors * loc_classes * 4 != _legacy(layer, loc, 1):
         raise layer.shape_error(
             f"{num_priors} priors x {loc_classes} location classes x 4 = {num_priors * loc_classes * 4}"
-            f" but the location predictions {_fmt(loc)} have {_legacy(layer, loc, 1)} channels")
+            f" but the location predictions {format_shape(loc)} have {_legacy(layer, loc, 1)} channels")
     if num_priors * num_classes != _legacy(layer, conf, 1):
         raise layer.shape_error(
             f"{num_priors} priors x {num_classes} classes = {num_priors * num_classes}"
-            f" but the confidence predictions {_fmt(conf)} have {_legacy(layer, conf, 1)} channels")
+            f" but the confidence predictions {format_shape(conf)} have {_legacy(layer, conf, 1)} channels")
     return num_priors
 
 
@@ -301,7 +300,7 @@ class DetectionEvaluate(LayerDef):
         for what, s, width in (("detections", det, 7), ("ground truth", gt, 8)):
             n, c, w = _legacy(self, s, 0), _legacy(self, s, 1), _legacy(self, s, 3)
             if (n, c, w) != (1, 1, width):
-                raise self.shape_error(f"{what} must be (1, 1, rows, {width}), got {_fmt(s)}")
+                raise self.shape_error(f"{what} must be (1, 1, rows, {width}), got {format_shape(s)}")
         p = self.lp.detection_evaluate_param
         positive = p.num_classes - (0 if p.background_label_id == -1 else 1)
         # Caffe counts the rows whose label is not -1; at setup every row counts.
@@ -364,7 +363,7 @@ class ROIPooling(LayerDef):
     def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
         data, rois = bottoms
         if math.prod(_chw(self, rois)) != 5:
-            raise self.shape_error(f"rois {_fmt(rois)} must hold 5 values per RoI (R, 5)")
+            raise self.shape_error(f"rois {format_shape(rois)} must hold 5 values per RoI (R, 5)")
         return [(_legacy(self, rois, 0), _legacy(self, data, 1), *self.pooled)]
 
     def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
@@ -410,7 +409,7 @@ class PSROIPooling(LayerDef):
     def forward(self, e: Emit) -> None:
         data = e.bottom_shapes[0]
         if len(data) != 4:
-            raise self.shape_error(f"expects a 4-D bottom (N,C,H,W), got {_fmt(data)}")
+            raise self.shape_error(f"expects a 4-D bottom (N,C,H,W), got {format_shape(data)}")
         rois = e.g.reshape(e.bottoms[1], [-1, 5])
         ops.emit_psroi_pool(e, e.bottoms[0], rois, data, self.dim, self.group,
                             self.lp.psroi_pooling_param.spatial_scale, e.tops[0])
@@ -434,7 +433,7 @@ class SmoothL1Loss(LossLayer):
         for i, b in enumerate(bottoms[1:], 1):
             if _chw(self, b) != ref:
                 raise self.shape_error(
-                    f"bottom {i} {_fmt(b)} must match the predictions {_fmt(bottoms[0])} in channels, height and width")
+                    f"bottom {i} {format_shape(b)} must match the predictions {format_shape(bottoms[0])} in channels, height and width")
         return [()]
 
     def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
@@ -480,9 +479,9 @@ class SmoothL1LossOHEM(LossLayer):
         pred = bottoms[0]
         for i, b in enumerate(bottoms[1:], 1):
             if len(b) < len(pred) or any(pred[k] != b[k] for k in range(1, len(pred))):
-                raise self.shape_error(f"bottom {i} {_fmt(b)} must match the predictions {_fmt(pred)} beyond axis 0")
+                raise self.shape_error(f"bottom {i} {format_shape(b)} must match the predictions {format_shape(pred)} beyond axis 0")
         if len(pred) < 2:
-            raise self.shape_error(f"predictions must have a channel axis, got {_fmt(pred)}")
+            raise self.shape_error(f"predictions must have a channel axis, got {format_shape(pred)}")
         return [(), (pred[0], 1, *pred[2:])]
 
     def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
@@ -527,7 +526,7 @@ class SoftmaxWithLossOHEM(SoftmaxWithLoss):
         outer, inner = count_range(pred, 0, ax), count_range(pred, ax + 1)
         if outer * inner != count(label):
             raise self.shape_error(
-                f"label {_fmt(label)} has {count(label)} values but scores {_fmt(pred)} need {outer * inner}")
+                f"label {format_shape(label)} has {count(label)} values but scores {format_shape(pred)} need {outer * inner}")
         return [(), pred, label]
 
     def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
@@ -556,12 +555,12 @@ class BoxAnnotatorOHEM(LayerDef):
         n = _legacy(self, rois, 0)
         c, h, w = _chw(self, rois)
         if c != 5:
-            raise self.shape_error(f"rois {_fmt(rois)} must have 5 channels")
+            raise self.shape_error(f"rois {format_shape(rois)} must have 5 channels")
         for what, b, ch in (("per-RoI loss", loss, 1), ("labels", labels, 1), ("bbox weights", weights, None)):
             bn, bc, bh, bw = _legacy(self, b, 0), *_chw(self, b)
             if bn != n or (ch is not None and bc != ch) or (bh, bw) != (h, w):
                 want = f"({n}, {ch if ch is not None else 'C'}, {h}, {w})"
-                raise self.shape_error(f"{what} {_fmt(b)} must be {want} to match rois {_fmt(rois)}")
+                raise self.shape_error(f"{what} {format_shape(b)} must be {want} to match rois {format_shape(rois)}")
         return [(n, 1, h, w), (n, _legacy(self, weights, 1), h, w)]
 
     def summary(self) -> str:
@@ -599,14 +598,14 @@ class Proposal(LayerDef):
         scores, deltas, _ = bottoms
         a = self.anchors
         if len(scores) != 4 or len(deltas) != 4:
-            raise self.shape_error(f"scores {_fmt(scores)} and deltas {_fmt(deltas)} must be 4-D (N,C,H,W)")
+            raise self.shape_error(f"scores {format_shape(scores)} and deltas {format_shape(deltas)} must be 4-D (N,C,H,W)")
         if scores[0] != 1:
-            raise self.shape_error(f"only a batch of 1 image is supported, got scores {_fmt(scores)}")
+            raise self.shape_error(f"only a batch of 1 image is supported, got scores {format_shape(scores)}")
         if scores[1] != 2 * a or deltas[1] != 4 * a:
             raise self.shape_error(
-                f"{a} anchors need 2x{a} score and 4x{a} delta channels, got {_fmt(scores)} and {_fmt(deltas)}")
+                f"{a} anchors need 2x{a} score and 4x{a} delta channels, got {format_shape(scores)} and {format_shape(deltas)}")
         if scores[2:] != deltas[2:]:
-            raise self.shape_error(f"scores {_fmt(scores)} and deltas {_fmt(deltas)} differ in height/width")
+            raise self.shape_error(f"scores {format_shape(scores)} and deltas {format_shape(deltas)} differ in height/width")
         r = self.lp.proposal_param.post_nms_topn
         return [(r, 5), (r, 1)]
 
@@ -694,7 +693,7 @@ def _need_bottoms(layer: PythonLayer, bottoms: list[Shape], n: int, dims: int | 
     if len(bottoms) < n:
         raise layer.error(f"{layer.key} needs {n} bottom(s), got {len(bottoms)}")
     if dims is not None and len(bottoms[0]) != dims:
-        raise layer.shape_error(f"{layer.key} expects a {dims}-D first bottom, got {_fmt(bottoms[0])}")
+        raise layer.shape_error(f"{layer.key} expects a {dims}-D first bottom, got {format_shape(bottoms[0])}")
 
 
 def _rpn_proposal(layer: PythonLayer, bottoms: list[Shape]) -> list[Shape | None]:
@@ -745,7 +744,7 @@ def _color_like(channels: int | None) -> Callable[[PythonLayer, list[Shape]], li
 def _bgr2lab(layer: PythonLayer, bottoms: list[Shape]) -> list[Shape | None]:
     _need_bottoms(layer, bottoms, 1)
     if bottoms[0][1] != 3:
-        raise layer.shape_error(f"{layer.key} expects a 3-channel BGR image, got {_fmt(bottoms[0])}")
+        raise layer.shape_error(f"{layer.key} expects a 3-channel BGR image, got {format_shape(bottoms[0])}")
     return _color_like(3)(layer, bottoms)
 
 
@@ -753,7 +752,7 @@ def _class_rebalance(layer: PythonLayer, bottoms: list[Shape]) -> list[Shape | N
     # ClassRebalanceMultLayer.reshape: top = bottom 0 for 1-, 2- or 4-D bottoms.
     _need_bottoms(layer, bottoms, 1, dims=None)
     if len(bottoms[0]) not in (1, 2, 4):
-        raise layer.shape_error(f"{layer.key} takes a 1-, 2- or 4-D bottom, got {_fmt(bottoms[0])}")
+        raise layer.shape_error(f"{layer.key} takes a 1-, 2- or 4-D bottom, got {format_shape(bottoms[0])}")
     return [bottoms[0]]
 
 
@@ -761,7 +760,7 @@ def _pyloss_euclidean(layer: PythonLayer, bottoms: list[Shape]) -> list[Shape | 
     # Caffe's examples/pycaffe/layers/pyloss.py: equal counts, top reshaped to (1,).
     _need_bottoms(layer, bottoms, 2, dims=None)
     if count(bottoms[0]) != count(bottoms[1]):
-        raise layer.shape_error(f"{layer.key} inputs {_fmt(bottoms[0])} and {_fmt(bottoms[1])} differ in count")
+        raise layer.shape_error(f"{layer.key} inputs {format_shape(bottoms[0])} and {format_shape(bottoms[1])} differ in count")
     return [(1,)]
 
 
@@ -863,7 +862,7 @@ class Correlation(LayerDef):
     def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
         a, b = bottoms
         if len(a) != 4 or a[1:] != b[1:]:
-            raise self.shape_error(f"bottoms {_fmt(a)} and {_fmt(b)} must be 4-D with equal channels, height and width")
+            raise self.shape_error(f"bottoms {format_shape(a)} and {format_shape(b)} must be 4-D with equal channels, height and width")
         border = self.d + (self.k - 1) // 2
         h = -(-(a[2] + 2 * self.pad - 2 * border) // self.s1)
         w = -(-(a[3] + 2 * self.pad - 2 * border) // self.s1)
@@ -905,12 +904,12 @@ class SegAccuracy(LayerDef):
     def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
         pred, label = bottoms
         if _legacy(self, pred, 0) != _legacy(self, label, 0):
-            raise self.shape_error(f"scores {_fmt(pred)} and label {_fmt(label)} differ in batch size")
+            raise self.shape_error(f"scores {format_shape(pred)} and label {format_shape(label)} differ in batch size")
         c, h, w = _chw(self, label)
         if c != 1:
-            raise self.shape_error(f"label {_fmt(label)} must have one channel")
+            raise self.shape_error(f"label {format_shape(label)} must have one channel")
         if (h, w) != (_legacy(self, pred, 2), _legacy(self, pred, 3)):
-            raise self.shape_error(f"label {_fmt(label)} and scores {_fmt(pred)} differ in height/width")
+            raise self.shape_error(f"label {format_shape(label)} and scores {format_shape(pred)} differ in height/width")
         return [(1, 1, 1, 3)] * len(self.lp.top)
 
     def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:
@@ -1002,7 +1001,7 @@ class SoftmaxCrossEntropyLoss(LossLayer):
 
     def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
         if count(bottoms[0]) != count(bottoms[1]):
-            raise self.shape_error(f"scores {_fmt(bottoms[0])} and targets {_fmt(bottoms[1])} differ in count")
+            raise self.shape_error(f"scores {format_shape(bottoms[0])} and targets {format_shape(bottoms[1])} differ in count")
         return [()]
 
     def cost(self, bottoms: list[Shape], tops: list[Shape]) -> Cost:

@@ -7,12 +7,8 @@ pure data movement (channel shuffle, unpooling scatter, nearest-neighbour repeat
 
 from __future__ import annotations
 
-from dnntool.layers.base import Cost, Emit, LayerDef, Shape, count
+from dnntool.layers.base import Cost, Emit, LayerDef, Shape, count, format_shape
 from dnntool.layers.registry import register_layer
-
-
-def _fmt(s: Shape) -> str:
-    return "x".join(str(d) for d in s) if s else "scalar"
 
 
 def _full_shape(e: Emit, x: str, tail: list[int]) -> str:
@@ -41,7 +37,7 @@ class ShuffleChannel(LayerDef):
     def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
         b = bottoms[0]
         if len(b) < 2:
-            raise self.shape_error(f"expects a bottom with a channel axis, got {_fmt(b)}")
+            raise self.shape_error(f"expects a bottom with a channel axis, got {format_shape(b)}")
         if b[1] % self.group:
             raise self.shape_error(f"{b[1]} channels are not divisible by group {self.group}")
         return [b]
@@ -96,7 +92,7 @@ class Interp(LayerDef):
     def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
         b = bottoms[0]
         if len(b) != 4:
-            raise self.shape_error(f"expects a 4-D bottom (N,C,H,W), got {_fmt(b)}")
+            raise self.shape_error(f"expects a 4-D bottom (N,C,H,W), got {format_shape(b)}")
         h_eff, w_eff = b[2] + sum(self.pad), b[3] + sum(self.pad)
         if h_eff < 1 or w_eff < 1:
             raise self.shape_error(f"padding {self.pad[0]}/{self.pad[1]} leaves an empty {h_eff}x{w_eff} input")
@@ -118,7 +114,7 @@ class Interp(LayerDef):
         else:
             ref = bottoms[1]
             if len(ref) != 4:
-                raise self.shape_error(f"the size bottom must be 4-D (N,C,H,W), got {_fmt(ref)}")
+                raise self.shape_error(f"the size bottom must be 4-D (N,C,H,W), got {format_shape(ref)}")
             out = (ref[2], ref[3])
         return [(b[0], b[1], *out)]
 
@@ -200,9 +196,9 @@ class Upsample(LayerDef):
     def infer_shapes(self, bottoms: list[Shape]) -> list[Shape]:
         b = bottoms[0]
         if len(b) != 4:
-            raise self.shape_error(f"expects a 4-D bottom (N,C,H,W), got {_fmt(b)}")
+            raise self.shape_error(f"expects a 4-D bottom (N,C,H,W), got {format_shape(b)}")
         if len(bottoms) == 2 and bottoms[1] != b:
-            raise self.shape_error(f"the mask {_fmt(bottoms[1])} must have the shape of the data {_fmt(b)}")
+            raise self.shape_error(f"the mask {format_shape(bottoms[1])} must have the shape of the data {format_shape(b)}")
         if self.size is not None:
             return [(b[0], b[1], *self.size)]
         return [(b[0], b[1], b[2] * self.scale[0] - self.pad_out[0], b[3] * self.scale[1] - self.pad_out[1])]

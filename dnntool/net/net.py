@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dnntool.errors import NetError, ShapeError, SourceLoc
-from dnntool.layers.base import BuildContext, Cost, LayerDef, ParamBlob, Shape
+from dnntool.layers.base import BuildContext, Cost, LayerDef, ParamBlob, Shape, format_shape
 from dnntool.layers.registry import get_layer_class
 from dnntool.proto import caffe_pb2
 
@@ -250,7 +250,7 @@ class Net:
         for s in tshapes:
             if any(d < 0 for d in s) or (s and any(d == 0 for d in s) and not impl.is_data):
                 raise impl.shape_error(
-                    f"output shape {_fmt_shape(s)} is empty or negative (bottoms {_fmt_shapes(bshapes)})"
+                    f"output shape {format_shape(s)} is empty or negative (bottoms {_fmt_shapes(bshapes)})"
                 )
         tops = []
         for j, t in enumerate(top_names):
@@ -309,7 +309,7 @@ class Net:
                 ):
                     raise ShapeError(
                         f"layer '{layer.name}' shares param '{p.share_name}' with layer '{owner_name}' but"
-                        f" their shapes differ: {_fmt_shape(p.shape)} vs {_fmt_shape(owner.shape)}",
+                        f" their shapes differ: {format_shape(p.shape)} vs {format_shape(owner.shape)}",
                         layer.loc, layer=layer.name,
                     )
                 p.shared_from = owner_name
@@ -373,14 +373,9 @@ def _share_mode(lp: caffe_pb2.LayerParameter, k: int) -> int:
     return lp.param[k].share_mode if k < len(lp.param) else caffe_pb2.ParamSpec.STRICT
 
 
-def _fmt_shape(s: Sequence[int]) -> str:
-    return "x".join(str(d) for d in s) if s else "scalar"
 
 
 def _fmt_shapes(shapes: Sequence[Sequence[int]]) -> str:
-    return "[" + ", ".join(_fmt_shape(s) for s in shapes) + "]"
+    return "[" + ", ".join(format_shape(s) for s in shapes) + "]"
 
 
-def format_shape(s: Sequence[int]) -> str:
-    """``1x3x224x224`` (``scalar`` for a 0-D blob)."""
-    return _fmt_shape(s)

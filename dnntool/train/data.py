@@ -26,8 +26,6 @@ from dnntool.net import Net
 ArrayFeed = np.ndarray | Callable[[int], np.ndarray]
 
 
-def _dims(shape) -> str:
-    return "x".join(str(int(d)) for d in shape)
 
 
 # -- record streams positioned at any record -------------------------------------------------------
