@@ -107,8 +107,10 @@ def write_digit_images(out: Path, seed: int = SEED) -> tuple[Path, Path, int, in
 
 
 def _write_if_changed(path: Path, data: bytes) -> None:
+    from dnntool.io.atomic import write_bytes
+
     if not (path.exists() and path.read_bytes() == data):
-        path.write_bytes(data)
+        write_bytes(path, data)
 
 
 def _lmdb(root: Path, listfile: Path, db: Path, seed: int):

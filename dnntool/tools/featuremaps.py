@@ -380,15 +380,16 @@ def _feeds(tr, top: str, label: str | None, batch) -> dict[str, np.ndarray]:
 class _BlobWriter:
     """Where one blob's values go: in memory then ``.npy`` (images), a ``.npy`` memmap or an LMDB (db)."""
 
-    def __init__(self, out: Path, stem: str, shape: list[int], count: int, kind: str):
+    def __init__(self, out: Path, stem: str, shape: list[int], count: int, kind: str, stage: _Staging):
         self.kind, self.shape, self.stats = kind, shape, _Stats()
         self.path = out / (f"{stem}.lmdb" if kind == "lmdb" else f"{stem}.npy")
+        self.tmp = stage.add(self.path)
         self.parts: list[np.ndarray] = []
         self.store: object = None
         if kind == "lmdb":
-            self.store = _LmdbFeatures(self.path, math.prod(shape) if shape else 1, count)
+            self.store = _LmdbFeatures(self.tmp, math.prod(shape) if shape else 1, count)
         elif kind == "memmap":
-            self.store = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float32,
+            self.store = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32,
                                                    shape=(count, *shape))
 
     def add(self, v: np.ndarray, keys: list[str], start: int) -> None:
@@ -404,10 +405,14 @@ class _BlobWriter:
 
     def close(self) -> None:
         if self.kind == "mem":
-            np.save(self.path, np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0])
+            with open(self.tmp, "wb") as f:
+                np.save(f, np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0])
         elif self.kind == "lmdb":
             self.store.close()  # type: ignore[attr-defined]
-        self.store = None  # a memmap is written back by the OS when unmapped
+        elif self.kind == "memmap":
+            self.store.flush()  # type: ignore[attr-defined]
+            del self.store
+        self.store = None
 
     def abort(self) -> None:
         if self.kind == "lmdb" and self.store is not None:
@@ -422,19 +427,21 @@ def _dump(net, ids, tr, sess, provider, feeder, top, label, out: Path, count, ba
     stems = {i: safe_name(net.blobs[i].name, taken) for i in ids}
     shapes = {i: list(net.blobs[i].shape[1:]) for i in ids}
     writers: dict[str, _BlobWriter] = {}
+    stage = _Staging()
     try:
         for i in ids:
-            writers[i] = _BlobWriter(out, stems[i], shapes[i], count, kind)
+            writers[i] = _BlobWriter(out, stems[i], shapes[i], count, kind, stage)
         return _run_dump(net, ids, tr, sess, provider, feeder, top, label, out, count, batches, png,
-                         progress, stems, shapes, writers)
+                         progress, stems, shapes, writers, stage)
     except BaseException:
         for w in writers.values():
             w.abort()
+        stage.discard()
         raise
 
 
 def _run_dump(net, ids, tr, sess, provider, feeder, top, label, out, count, batches, png, progress,
-              stems, shapes, writers) -> DumpResult:
+              stems, shapes, writers, stage: _Staging) -> DumpResult:
     from concurrent.futures import ThreadPoolExecutor
 
     names = list(tr.outputs) if tr is not None else []
@@ -453,7 +460,7 @@ def _run_dump(net, ids, tr, sess, provider, feeder, top, label, out, count, batc
             for i in ids:
                 v = np.asarray(vals[i], np.float32)[:take]
                 if b == 0 and png:
-                    pngs[i] = pool.submit(_write_png, out / f"{stems[i]}.png", v[0].copy())
+                    pngs[i] = pool.submit(_write_png, out / f"{stems[i]}.png", v[0].copy(), stage)
                 writers[i].add(v, batch.keys[:take], done)
             done += take
             if progress is not None:
@@ -469,19 +476,55 @@ def _run_dump(net, ids, tr, sess, provider, feeder, top, label, out, count, batc
     dumps = [BlobDump(net.blobs[i].name, shapes[i], writers[i].path.name, pngs.get(i),
                       writers[i].stats.result()) for i in ids]
     res = DumpResult(str(out), provider, keys, batches, feeder.batch_size, dumps, time.perf_counter() - t0)
+    (out / "index.json").unlink(missing_ok=True)  # the set is inconsistent until the new index is written
+    stage.commit()
     _write_index(out, res)
     return res
 
 
-def _write_png(path: Path, sample: np.ndarray) -> str | None:
+def _write_png(path: Path, sample: np.ndarray, stage: _Staging) -> str | None:
     import cv2
 
     img = mosaic(sample)
     if img is None:
         return None
-    if not cv2.imwrite(str(path), img, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
+    tmp = stage.add(path)
+    if not cv2.imwrite(str(tmp), img, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
         raise FormatError("cannot write the mosaic", SourceLoc(str(path)))
     return path.name
+
+
+class _Staging:
+    """Output files written under temporary names beside their targets (the same suffix, which
+    cv2.imwrite reads the format from), renamed into place only when the whole dump succeeded, so
+    a failed or interrupted dump leaves no partial file and the previous dump intact."""
+
+    def __init__(self) -> None:
+        self.files: dict[Path, Path] = {}
+
+    def add(self, target: Path) -> Path:
+        tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")
+        self.files[target] = tmp
+        return tmp
+
+    def commit(self) -> None:
+        import shutil
+
+        for target, tmp in self.files.items():
+            if target.is_dir():  # an LMDB from an earlier dump
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        self.files.clear()
+
+    def discard(self) -> None:
+        import shutil
+
+        for tmp in self.files.values():
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+        self.files.clear()
 
 
 def _write_index(out: Path, res: DumpResult) -> None:

@@ -219,3 +219,31 @@ def test_errors(lenet, tmp_path):
     np.save(tmp_path / "mean.npy", np.zeros((1, 30, 30), np.float32))
     res = run(*base, "--image", paths[0], "--mean", tmp_path / "mean.npy", "--resize", "28,28")
     assert res.exit_code == 2 and "the mean is 30x30 but records are resized to 28x28" in res.output
+
+
+@pytest.mark.parametrize("fmt", ["lmdb", "npy"])
+def test_a_failed_dump_leaves_the_previous_one_intact(small, tmp_path, monkeypatch, fmt):
+    """Every file is staged under a temporary name and renamed into place only when the whole dump
+    succeeded: an interrupted rerun leaves no partial file and the earlier dump as it was."""
+    from dnntool.tools import featuremaps
+
+    d, _ = small
+    args = ["featuremap-dump", "--model", d / "small.prototxt", "--weights", d / "small.caffemodel", "--db",
+            d / "db", "--blobs", "conv1,fc/out", "--db-format", fmt, "--out", tmp_path / "out"]
+    assert run(*args).exit_code == 0
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in sorted((tmp_path / "out").rglob("*")) if p.is_file()}
+    calls = []
+
+    def interrupted(self, x):
+        calls.append(1)
+        if len(calls) == 3:  # the second batch
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(featuremaps._Stats, "add", interrupted)
+    assert run(*args).exit_code == 130
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in sorted((tmp_path / "out").rglob("*")) if p.is_file()}
+    assert after == before
+    monkeypatch.undo()
+    assert run(*args[:-2], "--num-batches", 1, "--out", tmp_path / "out").exit_code == 0  # replaces the set
+    assert len(json.loads((tmp_path / "out" / "index.json").read_text())["keys"]) == 16
+    assert not [p for p in (tmp_path / "out").iterdir() if ".tmp-" in p.name]
