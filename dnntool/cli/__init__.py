@@ -36,6 +36,14 @@ COMMANDS: dict[str, str] = {
 }
 
 
+def _rank_tag() -> str:
+    """`` (rank N)`` in the messages of an MPI rank other than 0 (each rank of a job may report)."""
+    from dnntool.train.dist import launched_rank
+
+    rank = launched_rank()
+    return f" (rank {rank})" if rank else ""
+
+
 class LazyGroup(click.Group):
     """click's lazy-loading group (click docs, "Lazily Loading Subcommands") + one error boundary."""
 
@@ -58,7 +66,7 @@ class LazyGroup(click.Group):
         except DnnToolError as e:
             if debug:
                 raise
-            click.echo(f"Error: {e}", err=True)
+            click.echo(f"Error{_rank_tag()}: {e}", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
             if debug:

@@ -91,6 +91,8 @@ class TrainResult:
     tests: list[TestEvent] = field(default_factory=list)
     seconds: float = 0.0
     weights: dict[str, list[np.ndarray]] = field(default_factory=dict)  # layer -> blobs, Caffe order
+    ranks: int = 1  # MPI ranks of a data-parallel run
+    allreduce_seconds: float = 0.0  # this rank's time in the gradient Allreduce (waits included)
 
 
 # -- signals ---------------------------------------------------------------------------------------
@@ -127,12 +129,14 @@ class _Signals:
         self._old.clear()
 
 
-def _seed_runtime(seed: int, iteration: int) -> None:
+def _seed_runtime(seed: int, iteration: int, rank: int = 0) -> None:
     """Seed ONNX Runtime's default generator (training Dropout draws from it) from (seed,
-    iteration), so an iteration's masks are the same in a straight run and a resumed one."""
+    iteration), so an iteration's masks are the same in a straight run and a resumed one; the
+    ranks of a data-parallel run draw different masks."""
     from dnntool.onnxgraph.runtime import set_seed
 
-    set_seed(int(np.random.SeedSequence([seed, iteration]).generate_state(1)[0]))
+    entropy = [seed, iteration] + ([rank] if rank else [])
+    set_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
 
 
 def _as_list(weights) -> list:
@@ -150,7 +154,7 @@ class _Run:
     """State of one training run (what Caffe's Solver holds)."""
 
     def __init__(self, nets: SolverNets, weights, snapshot, device: str, threads: int | None,
-                 data, test_data, prefetch: int, log, on_event, progress):
+                 data, test_data, prefetch: int, log, on_event, progress, comm=None):
         from dnntool.train.data import net_data
         from dnntool.train.step import Trainer
 
@@ -158,13 +162,21 @@ class _Run:
         self.kind = solver_type(sp)
         if sp.HasField("snapshot_format") and sp.snapshot_format == caffe_pb2.SolverParameter.HDF5:
             raise NetError("snapshot_format HDF5 is not supported; use BINARYPROTO (the default)")
-        self.log = log or (lambda line: None)
-        self.on_event, self.progress = on_event, progress
+        self.comm = comm
+        self.rank, self.world = (comm.rank, comm.size) if comm is not None else (0, 1)
+        root = self.rank == 0  # rank 0 logs, tests and snapshots
+        self.log = (log if root else None) or (lambda line: None)
+        self.on_event, self.progress = (on_event, progress) if root else (None, None)
         self.seed = int(sp.random_seed) if sp.random_seed >= 0 else int(np.random.SeedSequence().entropy % 2**31)
+        if comm is not None:
+            self.seed = comm.bcast(self.seed)  # the same initial weights on every rank
+            device = comm.device(device)
+            if threads is None:  # the ranks of one machine share its cores
+                threads = max(1, (os.cpu_count() or 1) // comm.local_size)
         self.net = build_net(nets.train[0], "train", sp.train_state, nets.train[1])
         self.prefix = resolve_prefix(sp.snapshot_prefix, nets.path)
         values, start, history = self._initial_values(weights, snapshot)
-        self.trainer = Trainer(self.net, sp, values, device, threads)
+        self.trainer = Trainer(self.net, sp, values, device, threads, comm)
         if history is not None:
             self.trainer.set_history(history)
         self.trainer.iter = start
@@ -177,13 +189,14 @@ class _Run:
         self.losses: list[float] = []
         self.smoothed = 0.0
         try:
-            for i, (param, src) in enumerate(nets.tests):
+            for i, (param, src) in enumerate(nets.tests if root else []):
                 state = sp.test_state[i] if sp.test_state else caffe_pb2.NetState()
                 feeds = test_data[i] if isinstance(test_data, Sequence) else test_data
                 self.tests.append(TestNet(build_net(param, "test", state, src), self.net, device, threads,
                                           self.seed, feeds, prefetch))
+            shard = {"rank": self.rank, "world": self.world} if comm is not None else {}
             self.train_data = net_data(self.net, "train", self.seed, data, start * max(1, sp.iter_size),
-                                       prefetch, nets.train[1])
+                                       prefetch, nets.train[1], **shard)
         except BaseException:
             self.close()
             raise
@@ -214,6 +227,11 @@ class _Run:
         self.t0 = self.t_last = time.perf_counter()
         self.start = self.it_last = self.trainer.iter
         self.log(f"Solving {self.net.name} on {self.trainer.provider}")
+        if self.comm is not None:
+            batch = ", ".join(f"{self.world} x {d.top_shapes[0][0]}" for d in self.net.layers
+                              if d.impl.is_data and d.top_shapes)
+            self.log(f"Data-parallel over {self.world} MPI ranks (global batch {batch or '?'});"
+                     " gradients averaged with one fused Allreduce")
         self.log(f"Learning Rate Policy: {sp.lr_policy or 'fixed'}")
         if self.progress is not None:
             self.progress(self.start, sp.max_iter)
@@ -228,6 +246,7 @@ class _Run:
         self.result.iteration = self.trainer.iter
         self.result.stopped = self.stopped
         self.result.seconds = time.perf_counter() - self.t0
+        self.result.ranks, self.result.allreduce_seconds = self.world, self.trainer.allreduce_seconds
         self.result.weights = layer_blobs(self.net, self.trainer.weights())
         return self.result
 
@@ -235,8 +254,14 @@ class _Run:
         sp, it = self.sp, self.trainer.iter
         feeds = [self.train_data.next() for _ in range(max(1, sp.iter_size))]
         if sp.random_seed >= 0:
-            _seed_runtime(sp.random_seed, it)
-        out = self.trainer.step(feeds)
+            _seed_runtime(sp.random_seed, it, self.rank)
+        if self.comm is None:
+            out = self.trainer.step(feeds)
+        else:  # requests any rank saw travel with the gradients: every rank acts at this iteration
+            local = self.signals.poll()
+            out = self.trainer.step(feeds, (local == "stop", local == "snapshot"))
+            stop, snap = out["control"][:2]
+            agreed = "stop" if stop else "snapshot" if snap else None
         outputs = [Output(name, float(out[tensor[len("out::"):]]), w) for tensor, name, w in self.outputs]
         loss = sum(o.loss_weight * o.value for o in outputs)
         if not math.isfinite(loss):
@@ -249,7 +274,7 @@ class _Run:
             self._display(it, outputs, out["lr"])
         if self.progress is not None:
             self.progress(self.trainer.iter, sp.max_iter)
-        req = self.signals.poll()
+        req = self.signals.poll() if self.comm is None else agreed
         if (sp.snapshot and self.trainer.iter % sp.snapshot == 0) or req is not None:
             self._snapshot()
         self.stopped = req == "stop"
@@ -281,7 +306,10 @@ class _Run:
             self.on_event(ev)
 
     def _poll_in_test(self) -> bool:
-        """Caffe polls signals before each test batch: a snapshot now, or abort the test."""
+        """Caffe polls signals before each test batch: a snapshot now, or abort the test. In a
+        data-parallel run the request waits for the next step, where all ranks see it."""
+        if self.comm is not None:
+            return False
         req = self.signals.poll()
         if req is not None:
             self._snapshot()
@@ -311,6 +339,8 @@ class _Run:
         if self.result.snapshots and self.result.snapshots[-1][0].endswith(f"_iter_{it}.caffemodel"):
             return  # already taken at this iteration
         steps = sum(1 for v in self.sp.stepvalue if it - 1 >= v) if self.sp.lr_policy == "multistep" else 0
+        if self.rank != 0:
+            return
         try:
             model, state = write_snapshot(self.prefix, it, self.net, self.trainer.weights(),
                                           self.trainer.history(), steps)
@@ -357,6 +387,7 @@ def train(
     threads: int | None = None,
     prefetch: int = 4,
     handle_signals: bool = True,
+    comm="auto",
 ) -> TrainResult:
     """Train as ``caffe train --solver S [--weights W | --snapshot S]``.
 
@@ -373,6 +404,8 @@ def train(
             net's MemoryData/Input/DummyData layers; ``test_data`` the same for the test nets
             (one mapping for all, or one per test net).
         handle_signals: catch SIGINT (snapshot and stop) and SIGHUP (snapshot) in the main thread.
+        comm: a ``dist.Comm`` for data-parallel training; ``"auto"`` (the default) joins the MPI
+            job this process was launched in (``mpirun -np N``), None trains alone.
 
     Raises:
         Diverged: the loss became NaN or infinite (the message names the iteration).
@@ -381,7 +414,12 @@ def train(
     if snapshot and weights:
         raise UsageError("give a snapshot to resume training or weights to fine-tune, not both")
     nets = load_solver(solver)
-    run = _Run(nets, weights, snapshot, device, threads, data, test_data, prefetch, log, on_event, progress)
+    if comm == "auto":
+        from dnntool.train.dist import Comm
+
+        comm = Comm.detect()
+    run = _Run(nets, weights, snapshot, device, threads, data, test_data, prefetch, log, on_event, progress,
+               comm)
     try:
         return run.run(handle_signals)
     finally:

@@ -5,6 +5,7 @@ OrtValues between steps (IO binding) so a step moves only the batch in and the l
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -132,6 +133,10 @@ def _emit_bn_updates(g: GraphBuilder, net: Net, em) -> dict[str, str]:
     return updates
 
 
+#: control flags every data-parallel step carries: (stop requested, snapshot requested)
+CONTROL = 2
+
+
 class Trainer:
     """Holds the two sessions, the weights and the solver history; ``step`` runs one iteration.
 
@@ -141,10 +146,10 @@ class Trainer:
     """
 
     def __init__(self, net: Net, sp: caffe_pb2.SolverParameter, weights: dict[str, np.ndarray],
-                 device: str = "auto", threads: int | None = None):
+                 device: str = "auto", threads: int | None = None, comm=None):
         from dnntool.onnxgraph.runtime import make_session
 
-        self.net, self.sp = net, sp
+        self.net, self.sp, self.comm = net, sp, comm
         self.graphs = build_train_graphs(net, sp)
         self.grad_sess, self.provider = make_session(self.graphs.grad_model, device, threads, spinning=False)
         self.update_sess, _ = make_session(self.graphs.update_model, device, threads, spinning=False)
@@ -160,7 +165,44 @@ class Trainer:
         self._update_inputs = [i.name for i in self.update_sess.get_inputs()]
         self._update_outputs = [o.name for o in self.update_sess.get_outputs()]
         self._grad_outputs = [o.name for o in self.grad_sess.get_outputs()]
+        self._fused = self._fused_buffer() if comm is not None else None
+        self.allreduce_seconds = 0.0  # in the Allreduce, waiting for the slowest rank included
         self.iter = 0
+
+    def _fused_buffer(self):
+        """The Allreduce buffer of a data-parallel run: gradients, BatchNorm statistics, logged
+        outputs, then CONTROL flags."""
+        from dnntool.train.dist import FusedBuffer
+
+        shapes = {f"grad::{b.name}": b.shape for b in self.graphs.blobs if b.name in self.trained}
+        shapes.update({f"bn::{k}": tuple(self._ov[k].shape()) for k in self.graphs.bn_updates})
+        shapes.update({n: () for n in self._grad_outputs if n.startswith("out::")})
+        return FusedBuffer(shapes, CONTROL)
+
+    def _allreduce(self, grads: dict, sums: dict[str, float], control) -> tuple[dict, dict, np.ndarray]:
+        """Average gradients, BatchNorm statistics and logged outputs over the ranks (one fused
+        Allreduce); control flags come back summed over the ranks."""
+        from dnntool.onnxgraph.runtime import to_device
+
+        fb, world = self._fused, self.comm.size
+        for name in fb.slices:
+            kind, key = name.split("::", 1)
+            src = grads[key] if kind == "grad" else self._ov[key] if kind == "bn" else None
+            fb.view(name)[...] = src.numpy() if src is not None else sums.get(key, 0.0)
+        fb.extra[:] = np.asarray(control, np.float32) * world
+        t0 = time.perf_counter()
+        self.comm.allreduce(fb.data)
+        self.allreduce_seconds += time.perf_counter() - t0
+        fb.data *= np.float32(1.0 / world)
+        for name in fb.slices:
+            kind, key = name.split("::", 1)
+            if kind == "grad":  # on the CPU the OrtValue shares the buffer until the update reads it
+                grads[key] = to_device(fb.view(name), self._dev)
+            elif kind == "bn":
+                self._put(key, fb.view(name).copy())
+            else:
+                sums[key] = float(fb.view(name))
+        return grads, sums, np.rint(fb.extra).astype(np.int64)
 
     def _put(self, name: str, arr: np.ndarray) -> None:
         from dnntool.onnxgraph.runtime import to_device
@@ -176,9 +218,10 @@ class Trainer:
     def trained(self) -> list[str]:
         return [n[len("grad::"):] for n in self._grad_outputs if n.startswith("grad::")]
 
-    def step(self, feeds_per_subbatch: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    def step(self, feeds_per_subbatch: list[dict[str, np.ndarray]], control: tuple[float, ...] = ()) -> dict:
         """One iteration over ``iter_size`` sub-batches: gradients summed, one update. Returns the
-        mean of each logged output over the sub-batches."""
+        mean of each logged output over the sub-batches (and, in a data-parallel run, over the
+        ranks, with ``control``: the CONTROL flags summed over the ranks)."""
         from dnntool.onnxgraph.runtime import to_device
 
         dev_type, dev_id = self._dev
@@ -206,6 +249,13 @@ class Trainer:
                 elif name.startswith("out::"):
                     key = name[len("out::"):]
                     sums[key] = sums.get(key, 0.0) + float(np.mean(val.numpy()))
+        n = max(1, len(feeds_per_subbatch))
+        reduced = None
+        if self._fused is not None:
+            flags = np.zeros(CONTROL, np.float32)
+            flags[:len(control)] = control
+            grads, sums, reduced = self._allreduce(grads, {k: v / n for k, v in sums.items()}, flags)
+            n = 1
         lr = learning_rate(self.sp, self.iter)
         io = self.update_sess.io_binding()
         scalars = {"lr": lr}
@@ -225,9 +275,10 @@ class Trainer:
             key = name[len("new::"):] if name.startswith("new::") else name[len("new_"):]
             self._ov[key] = val
         self.iter += 1
-        n = max(1, len(feeds_per_subbatch))
-        out = {k: v / n for k, v in sums.items()}
+        out: dict = {k: v / n for k, v in sums.items()}
         out["lr"] = lr
+        if reduced is not None:
+            out["control"] = reduced
         return out
 
     def weights(self) -> dict[str, np.ndarray]:
