@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "init-weights": "dnntool.cli.init_weights:cli",
     "netscope": "dnntool.cli.netscope:cli",
     "param-count": "dnntool.cli.param_count:cli",
+    "plot-log": "dnntool.cli.plot_log:cli",
     "prune": "dnntool.cli.prune:cli",
     "quantize": "dnntool.cli.quantize:cli",
     "test": "dnntool.cli.evaluate:cli",
