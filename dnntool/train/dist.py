@@ -86,6 +86,17 @@ class Comm:
     def barrier(self) -> None:
         self.comm.Barrier()
 
+    def fail(self, error: BaseException) -> None:
+        """End the whole job after an error on this rank alone: the others would otherwise wait
+        forever in the next Allreduce. Says what happened (one line), then MPI_Abort."""
+        from dnntool.errors import DnnToolError
+
+        code = 130 if isinstance(error, KeyboardInterrupt) else getattr(error, "exit_code", 1)
+        what = str(error) if isinstance(error, DnnToolError) else f"{type(error).__name__}: {error}"
+        sys.stderr.write(f"Error (rank {self.rank} of {self.size}; stopping the job): {what}\n")
+        sys.stderr.flush()
+        self.comm.Abort(code)
+
     def device(self, device: str) -> str:
         """The device this rank runs on: ``cuda`` or ``auto`` with a GPU become ``cuda:<local rank>``
         (one GPU per rank on each machine); an explicit ``cuda:N`` is offset by the local rank."""

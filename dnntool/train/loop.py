@@ -418,9 +418,16 @@ def train(
         from dnntool.train.dist import Comm
 
         comm = Comm.detect()
-    run = _Run(nets, weights, snapshot, device, threads, data, test_data, prefetch, log, on_event, progress,
-               comm)
     try:
-        return run.run(handle_signals)
-    finally:
-        run.close()
+        run = _Run(nets, weights, snapshot, device, threads, data, test_data, prefetch, log, on_event,
+                   progress, comm)
+        try:
+            return run.run(handle_signals)
+        finally:
+            run.close()
+    except Diverged:
+        raise  # every rank saw the same averaged loss and stops at the same iteration
+    except BaseException as e:
+        if comm is not None:
+            comm.fail(e)
+        raise

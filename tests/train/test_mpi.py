@@ -232,3 +232,36 @@ def test_workers_needs_a_launcher(tmp_path, monkeypatch):
     assert res.exit_code == 1 and "pip install 'dnntool[mpi]'" in res.output
     res = CliRunner().invoke(cli, ["train", "--solver", str(solver(tmp_path, "w")), "--workers", "0"])
     assert res.exit_code == 2
+
+
+FAILING_RANK = """
+import sys
+sys.path.insert(0, {root!r})
+import numpy as np
+from dnntool.train import dist
+from dnntool.train.loop import train
+from tests.train.nets import tiny_data, tiny_solver
+
+arrays = tiny_data()
+
+def x(k):
+    if dist.launched_rank() == 1 and k >= 7:
+        raise ValueError("no batch " + str(k))
+    return arrays["x"][4 * (k % 4):4 * (k % 4) + 4]
+
+train(tiny_solver(max_iter=10**6, display=0), device="cpu", data={{"x": x, "t": arrays["t"]}},
+      handle_signals=False)
+"""
+
+
+@needs_mpiexec
+def test_an_error_on_one_rank_stops_the_job(tmp_path):
+    """An exception on rank 1 alone (rank 0 is waiting in the Allreduce): the job ends at once,
+    non-zero, with one line naming the rank and the error."""
+    script = tmp_path / "job.py"
+    script.write_text(FAILING_RANK.format(root=str(Path(__file__).resolve().parents[2])))
+    t = time.time()
+    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0 and time.time() - t < 60
+    assert "Error (rank 1 of 2; stopping the job): ValueError: no batch 7" in proc.stderr
