@@ -265,3 +265,28 @@ def test_an_error_on_one_rank_stops_the_job(tmp_path):
                           timeout=120)
     assert proc.returncode != 0 and time.time() - t < 60
     assert "Error (rank 1 of 2; stopping the job): ValueError: no batch 7" in proc.stderr
+
+
+@needs_mpiexec
+def test_ctrl_c_snapshots_and_stops_every_rank_at_the_same_iteration(tmp_path):
+    """SIGINT to mpiexec (it forwards Ctrl-C to the ranks): the stop request travels with the
+    gradients, every rank stops after the same iteration, rank 0 snapshots there, exit 130."""
+    path = solver(tmp_path, "int", max_iter=100000, snapshot=20, display=0, test_interval=10**6,
+                  test_initialization=False)
+    proc = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, "-m", "dnntool", "train", "--solver", str(path),
+                             "--plain"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "int" / "s_iter_40.solverstate").exists():
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1]
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    stop = re.findall(r"Interrupted at iteration (\d+); snapshot (\S+)", err)
+    assert len(stop) == 1 and out.count("Optimization stopped early.") == 1
+    assert Path(stop[0][1]).exists() and int(stop[0][0]) >= 40
