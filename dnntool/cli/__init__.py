@@ -102,6 +102,8 @@ def cli(debug: bool) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    # our errors name the file OpenCV could not read; its own warning would be a second line
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     cli.main(prog_name="dnntool", standalone_mode=True)
 
 

@@ -123,7 +123,7 @@ def device_option(f):
 
 def timing_options(f):
     """``--batches``/``--repeat``/``--db``: what the slimming commands time before and after on."""
-    f = click.option("--db", "timing_db", type=click.Path(exists=True),
+    f = click.option("--db", "timing_db", type=click.Path(),
                      help="Time (and compare outputs) on records of this LMDB, through the input layer's"
                           " transform, instead of random inputs.")(f)
     f = click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,

@@ -9,9 +9,9 @@ from dnntool.cli._options import device_option, input_shape_option, json_option,
 
 @click.command("compare")
 @click.argument("models", nargs=-1, required=True, metavar="NET_A W_A NET_B W_B")
-@click.option("--image", "--images", "images", multiple=True, type=click.Path(dir_okay=False, exists=True),
+@click.option("--image", "--images", "images", multiple=True, type=click.Path(dir_okay=False),
               help="An image to run (repeatable), through the input layer's transform_param.")
-@click.option("--db", type=click.Path(exists=True), help="Run records of this LMDB instead of random inputs.")
+@click.option("--db", type=click.Path(), help="Run records of this LMDB instead of random inputs.")
 @click.option("--batches", type=click.IntRange(min=1), help="Batches to run (default 1; images: all of them).")
 @click.option("--blobs", metavar="BLOB,...", help="Only these blobs (default: every blob in both).")
 @input_shape_option

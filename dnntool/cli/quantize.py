@@ -19,14 +19,14 @@ from dnntool.cli._options import (
 @click.argument("weights", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), help="The .onnx to write.")
 @click.option("--dtype", type=click.Choice(["fp16", "int8"]), required=True, help="Target precision.")
-@click.option("--calib-db", type=click.Path(exists=True), help="int8: LMDB to calibrate on (default: the"
+@click.option("--calib-db", type=click.Path(), help="int8: LMDB to calibrate on (default: the"
               " TEST data layer's source), read through the net's transform_param.")
 @click.option("--calib-batches", type=click.IntRange(min=1), default=10, show_default=True,
               help="int8: batches to calibrate on.")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True, help="int8: how activation ranges are chosen.")
 @click.option("--per-channel", is_flag=True, help="int8: one weight scale per output channel.")
-@click.option("--test-db", type=click.Path(exists=True), help="Score float and quantized side by side on"
+@click.option("--test-db", type=click.Path(), help="Score float and quantized side by side on"
               " this LMDB (through the TEST data layer; needs an Accuracy layer or a loss to report).")
 @click.option("--iterations", type=click.IntRange(min=1), help="--test-db: batches (default: the database once).")
 @input_shape_option
