@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 def make(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     bindir = str(Path(sys.executable).parent)  # this environment's dnntool
     env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
-    return subprocess.run(["make", "ITERS=30", f"PYTHON={sys.executable}", *args], cwd=cwd, env=env,
+    return subprocess.run(["make", "ITERS=30", "FT_ITERS=10", f"PYTHON={sys.executable}", *args], cwd=cwd, env=env,
                           capture_output=True, text=True)
 
 
@@ -39,9 +39,9 @@ def test_makefile_pipeline(tmp_path):
     for out in ("digits_train_lmdb/data.mdb", "digits_val_lmdb/data.mdb", "digits_mean.binaryproto",
                 "lenet.params.txt", "lenet.flops.txt", "lenet.html", "lenet_digits_iter_30.caffemodel",
                 "lenet.train.log", "lenet.curves.html", "featuremaps/index.json", "lenet_folded.caffemodel",
-                "lenet_pruned.caffemodel", "lenet_int8.onnx", "lenet_fp16.onnx"):
+                "lenet_pruned.caffemodel", "lenet_pruned_ft_iter_10.caffemodel", "lenet_int8.onnx", "lenet_fp16.onnx"):
         assert (work / out).exists(), out
-    for name in ("lenet", "lenet_bn", "lenet_folded", "lenet_pruned", "lenet_int8", "lenet_fp16"):
+    for name in ("lenet", "lenet_bn", "lenet_folded", "lenet_pruned", "lenet_pruned_ft", "lenet_int8", "lenet_fp16"):
         text = (work / f"{name}.test.txt").read_text()
         assert text.startswith("Running for 6 iterations of batch 60 (360 images)") and "accuracy = " in text
     assert not list(work.glob("*.tmp"))
@@ -55,7 +55,7 @@ def test_makefile_pipeline(tmp_path):
     plan = make(work, "-n")
     assert plan.returncode == 0
     steps = [ln.split()[1] for ln in plan.stdout.splitlines() if ln.startswith("dnntool ")]
-    assert steps.count("train") == 2  # LeNet and its BatchNorm variant
+    assert steps.count("train") == 3  # LeNet, its BatchNorm variant, the fine-tuning of the pruned net
     assert {"test", "featuremap-dump", "plot-log", "fold-bn", "prune", "quantize"} <= set(steps)
     assert not {"convert-images", "compute-image-mean", "param-count", "flops", "netscope"} & set(steps)
     assert "make_digits.py" not in plan.stdout
