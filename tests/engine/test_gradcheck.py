@@ -168,3 +168,15 @@ def test_conv_weight_gradient_fallback_formulation(name, monkeypatch):
     _, text, shapes = next(c for c in CASES if c[0] == name)
     net = build_net(text, shapes, phase="train")
     check_layer_gradient(net, _feeds(net))
+
+
+@pytest.mark.parametrize("form", ["flipped", "transpose"])
+@pytest.mark.parametrize("name", ["conv", "conv_stride_odd", "conv_group_dil", "conv_hw", "depthwise"])
+def test_conv_data_gradient_formulations(name, form, monkeypatch):
+    """Both formulations of a convolution's data gradient (flipped-weight Conv, ConvTranspose), forced."""
+    from dnntool.onnxgraph import grad_rules
+
+    monkeypatch.setattr(grad_rules, "DX_FORM", form)
+    _, text, shapes = next(c for c in CASES if c[0] == name)
+    net = build_net(text, shapes, phase="train")
+    check_layer_gradient(net, _feeds(net))
