@@ -16,6 +16,7 @@ import numpy as np
 from onnx import helper
 
 from dnntool.onnxgraph.builder import GraphBuilder
+from dnntool.onnxgraph.grad_spatial import conv_data_grad, conv_weight_grad, maxpool_grad
 
 NOT_DIFFERENTIABLE = frozenset({
     "Cast", "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Not", "And", "Or", "Shape",
@@ -456,90 +457,6 @@ def _conv_attrs(c: GradCtx, nsp: int):
     return k, s, d, p, int(c.attr("group", 1))
 
 
-#: above this many im2col values (N x C x k^2 x OH x OW) dW falls back to the batch-transposed conv
-PATCH_LIMIT = 1 << 26
-
-
-def conv_weight_grad(g: GraphBuilder, x: str, dy: str, xs, ys, k, s, d, p, group: int) -> str:
-    """dW of y = conv(x, W): x (N, Cin, H...) and dy (N, Cout, OH...) give dW (Cout, Cin/group, k...).
-
-    Two exact formulations, chosen by size (measured on 2 cores, ms for LeNet conv2 / CIFAR10-quick
-    conv1 / conv2, PyTorch's conv2d_weight 2.4 / 3.1 / 5.5): patches extracted by one depthwise
-    convolution with one-hot kernels, then a batched MatMul with dY summed over the batch (2.4 / 8.4
-    / 22); one convolution over batch-transposed tensors (5.7 / 40 / 169), which needs no im2col
-    buffer and is kept for shapes whose patches would not fit in memory.
-    """
-    nsp = len(k)
-    n, cin, cout = xs[0], xs[1], ys[1]
-    kk = int(np.prod(k))
-    length = int(np.prod(ys[2:]))
-    if nsp == 2 and n * cin * kk * length <= PATCH_LIMIT:
-        cg, og = cin // group, cout // group
-        onehot = np.zeros((cin * kk, 1, *k), g.dtype)
-        for t in range(kk):
-            onehot[t::kk, 0, t // k[1], t % k[1]] = 1.0
-        cols = g.op1("Conv", [x, g.const(onehot)], kernel_shape=list(k), strides=s, dilations=d, pads=p,
-                     group=cin)  # (N, Cin*k*k, OH, OW): channel c*kk + t is tap t of input channel c
-        cols = g.reshape(cols, [n, group, cg * kk, length])
-        dyr = g.reshape(dy, [n, group, og, length])
-        prod = g.op1("MatMul", [dyr, g.op1("Transpose", [cols], perm=[0, 1, 3, 2])])  # (N, g, og, cg*kk)
-        dw = g.op1("ReduceSum", [prod, g.const([0])], keepdims=0)
-        return g.reshape(dw, [cout, cg, *k])
-    return _conv_weight_grad_transposed(g, x, dy, xs, ys, k, s, d, p, group)
-
-
-def _conv_weight_grad_transposed(g: GraphBuilder, x: str, dy: str, xs, ys, k, s, d, p, group: int) -> str:
-    """dW as one convolution over batch-transposed tensors (any group count)."""
-    n, cin = xs[0], xs[1]
-    cout = ys[1]
-    nsp = len(k)
-    cg, og = cin // group, cout // group
-    sp = list(range(3, 3 + nsp))
-    xr = g.reshape(x, [n, group, cg, *xs[2:]])
-    xr = g.op1("Transpose", [xr], perm=[2, 1, 0, *sp])
-    xr = g.reshape(xr, [cg, group * n, *xs[2:]])
-    wr = g.reshape(dy, [n, group, og, *ys[2:]])
-    wr = g.op1("Transpose", [wr], perm=[1, 2, 0, *sp])
-    wr = g.reshape(wr, [group * og, n, *ys[2:]])
-    full = g.op1("Conv", [xr, wr], kernel_shape=list(ys[2:]), strides=d, dilations=s, pads=p, group=group)
-    cut = g.op1("Slice", [full, g.const([0] * nsp), g.const(k), g.const(list(range(2, 2 + nsp)))])
-    return g.op1("Transpose", [cut], perm=[1, 0, *range(2, 2 + nsp)])
-
-
-#: "auto" (the rule below), "transpose" or "flipped": how conv_data_grad computes dX (tests force each)
-DX_FORM = "auto"
-
-
-def conv_data_grad(g: GraphBuilder, dy: str, w: str, xs, ys, k, s, d, p, group: int) -> str:
-    """dX of y = conv(x, W) (W: Cout, Cin/group, k...), by one of two exact formulations.
-
-    A ConvTranspose of dY (onnxruntime: a GEMM into a column buffer of Cin*k^2 x OH*OW, then
-    col2im), or, for stride 1, a Conv of dY with the flipped, in/out-swapped weights and padding
-    d(k-1)-p (im2col of Cout*k^2 x H*W, then a GEMM). The Conv is taken where its im2col is at most
-    twice the transposed conv's column buffer and the image has at least 64 pixels; on 18 shapes
-    measured (benchmarks/RESULTS.md, Training) this rule picks the faster one every time, e.g.
-    Conv/ConvTranspose time 0.71 for CIFAR10-quick conv2, 0.77 conv3, 1.66 LeNet conv2 (ratio 5.6),
-    1.33 for 3x3 128->128 on 7x7.
-    """
-    nsp = len(k)
-    cout, cin = ys[1], xs[1]
-    back = [d[j] * (k[j] - 1) - p[j] for j in range(nsp)] + [d[j] * (k[j] - 1) - p[nsp + j] for j in range(nsp)]
-    pixels = int(np.prod(xs[2:]))
-    cheap = cout * pixels <= 2 * cin * int(np.prod(ys[2:])) and pixels >= 64
-    flipped = all(v == 1 for v in s) and min(back) >= 0 and (DX_FORM == "flipped" or (DX_FORM == "auto" and cheap))
-    if flipped:
-        og, cg = cout // group, cin // group
-        wt = g.reshape(w, [group, og, cg, *k])
-        wt = g.reshape(g.op1("Transpose", [wt], perm=[0, 2, 1, *range(3, 3 + nsp)]), [cin, og, *k])
-        axes = list(range(2, 2 + nsp))
-        wt = g.op1("Slice", [wt, g.const([-1] * nsp), g.const([-(1 << 62)] * nsp), g.const(axes), g.const([-1] * nsp)])
-        return g.op1("Conv", [dy, wt], kernel_shape=list(k), dilations=d, pads=back, group=group)
-    # the transposed convolution of dY, with output padding to recover the floor leftover
-    opad = [xs[2 + j] - (s[j] * (ys[2 + j] - 1) + d[j] * (k[j] - 1) + 1 - p[j] - p[j + nsp]) for j in range(nsp)]
-    return g.op1("ConvTranspose", [dy, w], kernel_shape=k, strides=s, dilations=d, pads=p, group=group,
-                 output_padding=opad if any(opad) else None)
-
-
 @rule("Conv")
 def _conv(c):
     g = c.g
@@ -576,50 +493,14 @@ def _conv_transpose(c):
 # -- pooling ----------------------------------------------------------------------------------
 @rule("MaxPool")
 def _maxpool(c):
-    """Route dY to the first maximum of each window in scan order (Caffe's argmax rule).
-
-    ONNX MaxPool's Indices output is ~13x slower than the plain op in onnxruntime, so the argmax is
-    recovered from x and y: for each window offset (i, j) a strided slice of the (-inf padded) input
-    is compared with y, earlier hits masking later ones; the k*k masked copies of dY are put back in
-    place by one depthwise ConvTranspose with one-hot kernels (which also sums overlapping windows).
-    """
-    g = c.g
+    """Route dY to the first maximum of each window in scan order (Caffe's argmax rule)."""
     xs, ys = c.shape(c.i(0)), c.shape(c.o(0))
     if len(xs) != 4:
         raise NotImplementedError("MaxPool gradient for non-2-D pooling")
-    kh, kw = c.attr("kernel_shape")
-    sh, sw = c.attr("strides", [1, 1])
-    pads = list(c.attr("pads", [0, 0, 0, 0]))
     if c.attr("ceil_mode", 0) or any(d != 1 for d in c.attr("dilations", [1, 1])):
         raise NotImplementedError("MaxPool gradient with ceil_mode or dilations")
-    n, ch, h, w = xs
-    oh, ow = ys[2], ys[3]
-    xp = c.i(0)
-    if any(pads):
-        xp = g.op1("Pad", [xp, g.const([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]),
-                           g.scalar(-3.4028235e38)])
-    hp, wp = h + pads[0] + pads[2], w + pads[1] + pads[3]
-    taken, parts = None, []
-    for i in range(kh):
-        for j in range(kw):
-            win = g.op1("Slice", [xp, g.const([i, j]), g.const([i + sh * (oh - 1) + 1, j + sw * (ow - 1) + 1]),
-                                  g.const([2, 3]), g.const([sh, sw])])
-            hit = g.op1("Equal", [win, c.o(0)])
-            if taken is not None:
-                hit = g.op1("And", [hit, g.op1("Not", [taken])])
-            taken = hit if taken is None else g.op1("Or", [taken, hit])
-            parts.append(g.op1("Unsqueeze", [_mask(c, hit, c.go()), g.const([2])]))
-    kk = kh * kw
-    stacked = g.reshape(g.op1("Concat", parts, axis=2) if kk > 1 else parts[0], [n, ch * kk, oh, ow])
-    onehot = np.zeros((ch * kk, 1, kh, kw), g.dtype)
-    for t in range(kk):
-        onehot[t::kk, 0, t // kw, t % kw] = 1.0
-    opad = [hp - (sh * (oh - 1) + kh), wp - (sw * (ow - 1) + kw)]
-    dxp = g.op1("ConvTranspose", [stacked, g.const(onehot)], kernel_shape=[kh, kw], strides=[sh, sw], group=ch,
-                output_padding=opad if any(opad) else None)
-    if any(pads):
-        dxp = g.op1("Slice", [dxp, g.const([pads[0], pads[1]]), g.const([pads[0] + h, pads[1] + w]), g.const([2, 3])])
-    return [dxp]
+    return [maxpool_grad(c.g, c.i(0), c.o(0), c.go(), xs, ys, list(c.attr("kernel_shape")),
+                         list(c.attr("strides", [1, 1])), list(c.attr("pads", [0, 0, 0, 0])))]
 
 
 @rule("AveragePool")

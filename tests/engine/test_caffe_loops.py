@@ -74,6 +74,31 @@ def test_max_pooling_mask_top(param, shape, ref):
     np.testing.assert_array_equal(mask, want_mask)
 
 
+@pytest.mark.parametrize(("param", "shape", "ref"),
+                         [c[1:] for c in POOL_CASES if "MAX" in c[1]], ids=[c[0] for c in POOL_CASES if "MAX" in c[1]])
+def test_max_pooling_backward_routes_ties_like_caffe(param, shape, ref):
+    """Caffe's Backward_cpu: bottom_diff[mask] += top_diff, the mask the first maximum in scan order;
+    inputs of few distinct values, so most windows hold ties."""
+    import onnxruntime as ort
+
+    from tests.engine.gradcheck import build_check_model
+
+    x = np.random.default_rng(sum(shape)).integers(-2, 3, shape).astype(np.float32)
+    net = build_net(POOL.format(tops="", p=param), [x.shape], phase="train")
+    model, _, _, _ = build_check_model(net)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    dx = sess.run(["grad::b0"], {"b0": x})[0]
+    from onnx import numpy_helper
+
+    r = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "R::y"))
+    _, mask = caffe_ref.caffe_pool(x, *ref)
+    want = np.zeros(x.shape, np.float32).reshape(shape[0], shape[1], -1)
+    for (i, ch, u, v), m in np.ndenumerate(mask):
+        if m >= 0:
+            want[i, ch, int(m)] += r[i, ch, u, v]
+    np.testing.assert_allclose(dx, want.reshape(shape), rtol=1e-6, atol=1e-6, err_msg=param)
+
+
 @pytest.mark.parametrize(("pool", "shape"), [c[1:] for c in GLOBAL_CASES], ids=[c[0] for c in GLOBAL_CASES])
 def test_global_pooling(pool, shape):
     x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)

@@ -162,9 +162,9 @@ def test_dropout_backward_uses_the_forward_mask():
 @pytest.mark.parametrize("name", ["conv", "conv_stride_odd", "conv_group_dil", "depthwise", "deconv_group"])
 def test_conv_weight_gradient_fallback_formulation(name, monkeypatch):
     """The batch-transposed convolution used when im2col patches would be too big, checked too."""
-    from dnntool.onnxgraph import grad_rules
+    from dnntool.onnxgraph import grad_spatial
 
-    monkeypatch.setattr(grad_rules, "PATCH_LIMIT", 0)
+    monkeypatch.setattr(grad_spatial, "PATCH_LIMIT", 0)
     _, text, shapes = next(c for c in CASES if c[0] == name)
     net = build_net(text, shapes, phase="train")
     check_layer_gradient(net, _feeds(net))
@@ -174,9 +174,9 @@ def test_conv_weight_gradient_fallback_formulation(name, monkeypatch):
 @pytest.mark.parametrize("name", ["conv", "conv_stride_odd", "conv_group_dil", "conv_hw", "depthwise"])
 def test_conv_data_gradient_formulations(name, form, monkeypatch):
     """Both formulations of a convolution's data gradient (flipped-weight Conv, ConvTranspose), forced."""
-    from dnntool.onnxgraph import grad_rules
+    from dnntool.onnxgraph import grad_spatial
 
-    monkeypatch.setattr(grad_rules, "DX_FORM", form)
+    monkeypatch.setattr(grad_spatial, "DX_FORM", form)
     _, text, shapes = next(c for c in CASES if c[0] == name)
     net = build_net(text, shapes, phase="train")
     check_layer_gradient(net, _feeds(net))

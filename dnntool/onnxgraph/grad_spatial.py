@@ -1,0 +1,207 @@
+"""Gradient formulations of convolutions and max pooling, chosen per shape at graph-build time.
+
+Stock onnxruntime has no ConvGrad/MaxPoolGrad kernels, so each gradient is composed of standard
+ops; several exact compositions exist and their speed depends on the shape, so each function picks
+one by a static rule derived from measurements (benchmarks/RESULTS.md, Training): the same net
+always gets the same graph. Module switches (``DX_FORM``, ``PATCH_LIMIT``) let tests force each.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dnntool.onnxgraph.builder import GraphBuilder
+
+#: the lowest float32: Caffe's max pooling starts from -FLT_MAX, and padding must never win
+FLT_LOWEST = float(np.finfo(np.float32).min)
+
+
+#: above this many im2col values (N x C x k^2 x OH x OW) dW falls back to the batch-transposed conv
+PATCH_LIMIT = 1 << 26
+
+
+def conv_weight_grad(g: GraphBuilder, x: str, dy: str, xs, ys, k, s, d, p, group: int) -> str:
+    """dW of y = conv(x, W): x (N, Cin, H...) and dy (N, Cout, OH...) give dW (Cout, Cin/group, k...).
+
+    Two exact formulations, chosen by size (measured on 2 cores, ms for LeNet conv2 / CIFAR10-quick
+    conv1 / conv2, PyTorch's conv2d_weight 2.4 / 3.1 / 5.5): patches extracted by one depthwise
+    convolution with one-hot kernels, then a batched MatMul with dY summed over the batch (2.4 / 8.4
+    / 22); one convolution over batch-transposed tensors (5.7 / 40 / 169), which needs no im2col
+    buffer and is kept for shapes whose patches would not fit in memory.
+    """
+    nsp = len(k)
+    n, cin, cout = xs[0], xs[1], ys[1]
+    kk = int(np.prod(k))
+    length = int(np.prod(ys[2:]))
+    if nsp == 2 and n * cin * kk * length <= PATCH_LIMIT:
+        cg, og = cin // group, cout // group
+        onehot = np.zeros((cin * kk, 1, *k), g.dtype)
+        for t in range(kk):
+            onehot[t::kk, 0, t // k[1], t % k[1]] = 1.0
+        cols = g.op1("Conv", [x, g.const(onehot)], kernel_shape=list(k), strides=s, dilations=d, pads=p,
+                     group=cin)  # (N, Cin*k*k, OH, OW): channel c*kk + t is tap t of input channel c
+        cols = g.reshape(cols, [n, group, cg * kk, length])
+        dyr = g.reshape(dy, [n, group, og, length])
+        prod = g.op1("MatMul", [dyr, g.op1("Transpose", [cols], perm=[0, 1, 3, 2])])  # (N, g, og, cg*kk)
+        dw = g.op1("ReduceSum", [prod, g.const([0])], keepdims=0)
+        return g.reshape(dw, [cout, cg, *k])
+    return _conv_weight_grad_transposed(g, x, dy, xs, ys, k, s, d, p, group)
+
+
+def _conv_weight_grad_transposed(g: GraphBuilder, x: str, dy: str, xs, ys, k, s, d, p, group: int) -> str:
+    """dW as one convolution over batch-transposed tensors (any group count)."""
+    n, cin = xs[0], xs[1]
+    cout = ys[1]
+    nsp = len(k)
+    cg, og = cin // group, cout // group
+    sp = list(range(3, 3 + nsp))
+    xr = g.reshape(x, [n, group, cg, *xs[2:]])
+    xr = g.op1("Transpose", [xr], perm=[2, 1, 0, *sp])
+    xr = g.reshape(xr, [cg, group * n, *xs[2:]])
+    wr = g.reshape(dy, [n, group, og, *ys[2:]])
+    wr = g.op1("Transpose", [wr], perm=[1, 2, 0, *sp])
+    wr = g.reshape(wr, [group * og, n, *ys[2:]])
+    full = g.op1("Conv", [xr, wr], kernel_shape=list(ys[2:]), strides=d, dilations=s, pads=p, group=group)
+    cut = g.op1("Slice", [full, g.const([0] * nsp), g.const(k), g.const(list(range(2, 2 + nsp)))])
+    return g.op1("Transpose", [cut], perm=[1, 0, *range(2, 2 + nsp)])
+
+
+#: "auto" (the rule below), "transpose" or "flipped": how conv_data_grad computes dX (tests force each)
+DX_FORM = "auto"
+
+
+def conv_data_grad(g: GraphBuilder, dy: str, w: str, xs, ys, k, s, d, p, group: int) -> str:
+    """dX of y = conv(x, W) (W: Cout, Cin/group, k...), by one of two exact formulations.
+
+    A ConvTranspose of dY (onnxruntime: a GEMM into a column buffer of Cin*k^2 x OH*OW, then
+    col2im), or, for stride 1, a Conv of dY with the flipped, in/out-swapped weights and padding
+    d(k-1)-p (im2col of Cout*k^2 x H*W, then a GEMM). The Conv is taken where its im2col is at most
+    twice the transposed conv's column buffer and the image has at least 64 pixels; on 18 shapes
+    measured (benchmarks/RESULTS.md, Training) this rule picks the faster one every time, e.g.
+    Conv/ConvTranspose time 0.71 for CIFAR10-quick conv2, 0.77 conv3, 1.66 LeNet conv2 (ratio 5.6),
+    1.33 for 3x3 128->128 on 7x7.
+    """
+    nsp = len(k)
+    cout, cin = ys[1], xs[1]
+    back = [d[j] * (k[j] - 1) - p[j] for j in range(nsp)] + [d[j] * (k[j] - 1) - p[nsp + j] for j in range(nsp)]
+    pixels = int(np.prod(xs[2:]))
+    cheap = cout * pixels <= 2 * cin * int(np.prod(ys[2:])) and pixels >= 64
+    flipped = all(v == 1 for v in s) and min(back) >= 0 and (DX_FORM == "flipped" or (DX_FORM == "auto" and cheap))
+    if flipped:
+        og, cg = cout // group, cin // group
+        wt = g.reshape(w, [group, og, cg, *k])
+        wt = g.reshape(g.op1("Transpose", [wt], perm=[0, 2, 1, *range(3, 3 + nsp)]), [cin, og, *k])
+        axes = list(range(2, 2 + nsp))
+        wt = g.op1("Slice", [wt, g.const([-1] * nsp), g.const([-(1 << 62)] * nsp), g.const(axes), g.const([-1] * nsp)])
+        return g.op1("Conv", [dy, wt], kernel_shape=list(k), dilations=d, pads=back, group=group)
+    # the transposed convolution of dY, with output padding to recover the floor leftover
+    opad = [xs[2 + j] - (s[j] * (ys[2 + j] - 1) + d[j] * (k[j] - 1) + 1 - p[j] - p[j + nsp]) for j in range(nsp)]
+    return g.op1("ConvTranspose", [dy, w], kernel_shape=k, strides=s, dilations=d, pads=p, group=group,
+                 output_padding=opad if any(opad) else None)
+
+
+
+
+def _selection(n_in: int, k: int, s: int, pad: int, n_out: int) -> np.ndarray:
+    """0/1 matrix (n_in, k * n_out): column t*n_out + o reads tap t of window o along one axis.
+
+    A tap in the padding reads the window's nearest element inside the input instead: the
+    duplicate never changes the window's maximum, and it either comes after that element in scan
+    order (end padding) or reads the very element the first match would route to (begin padding),
+    so no -FLT_MAX is needed.
+    """
+    sel = np.zeros((n_in, k * n_out), np.float32)
+    for o in range(n_out):
+        lo, hi = max(s * o - pad, 0), min(s * o - pad + k, n_in) - 1
+        if lo > hi:
+            raise NotImplementedError("MaxPool gradient with a window entirely in the padding")
+        for t in range(k):
+            sel[min(max(s * o + t - pad, lo), hi), t * n_out + o] = 1.0
+    return sel
+
+
+def _first_match(g: GraphBuilder, taps: list[str], top: str, grad: str) -> list[str]:
+    """``grad`` masked per tap: where the tap is the first (in order) to equal ``top``, the taps' max.
+
+    The last tap takes what no earlier tap took, since one of the taps equals their maximum.
+    """
+    free, out = None, []
+    for t, tap in enumerate(taps):
+        if t == len(taps) - 1:
+            out.append(grad if free is None else g.op1("Where", [free, grad, g.scalar(0.0)]))
+            break
+        hit = g.op1("Equal", [tap, top])
+        if free is not None:
+            hit = g.op1("And", [hit, free])
+        free = g.op1("Not", [hit]) if free is None else g.op1("Xor", [free, hit])
+        out.append(g.op1("Where", [hit, grad, g.scalar(0.0)]))
+    return out
+
+
+def _scatter_rows(g: GraphBuilder, parts: list[str], n: int, c: int, oh: int, w: int, k: int, s: int,
+                  pad: int, h: int) -> str:
+    """dX (N, C, H, W) from the per-tap gradients (N, C, OH, W) of row taps r = s*o + t - pad:
+    taps of one phase t % s are shifted by t // s and summed, then the phases are interleaved."""
+    q = (k - 1) // s
+    phases = []
+    for a in range(min(k, s)):
+        terms = [g.op1("Pad", [parts[t], g.const([0, 0, t // s, 0, 0, 0, q - t // s, 0])]) if q else parts[t]
+                 for t in range(a, k, s)]
+        phases.append(terms[0] if len(terms) == 1 else g.op1("Sum", terms))
+    rows = (oh + q) * s
+    if s == 1:
+        full = phases[0]
+    else:
+        full = g.op1("Concat", [g.op1("Unsqueeze", [p, g.const([3])]) for p in phases], axis=3)
+        if len(phases) < s:  # stride > kernel: rows between windows get nothing
+            full = g.op1("Pad", [full, g.const([0, 0, 0, 0, 0, 0, 0, 0, s - len(phases), 0])])
+        full = g.reshape(full, [n, c, rows, w])
+    if rows < pad + h:
+        full = g.op1("Pad", [full, g.const([0, 0, 0, 0, 0, 0, pad + h - rows, 0])])
+    if pad or rows != h:
+        full = g.op1("Slice", [full, g.const([pad]), g.const([pad + h]), g.const([2])])
+    return full
+
+
+def maxpool_grad(g: GraphBuilder, x: str, y: str, dy: str, xs, ys, kernel, strides, pads) -> str:
+    """dX of y = MaxPool(x) (2-D, no dilation): dY goes to the first maximum of each window in scan
+    order, Caffe's argmax, summed where windows overlap.
+
+    Separable: the first maximum in row-major order is the first maximum along the window's columns
+    of the first row holding the window's maximum. So a column stage takes the k_w column taps of
+    every row (one MatMul per tap with a 0/1 selection matrix, contiguous output), Z = their Max,
+    then a row stage takes the k_h strided row slices of Z (contiguous rows), compares them with y
+    and routes dY to the first matching row (dZ, rows put back by phase with Pad/Sum/Concat), and
+    the column stage routes dZ to the first matching column tap and puts the taps back with one
+    MatMul by the transposed selection. Measured on 2 cores (ms): CIFAR10-quick pool1 (N100 C32
+    32x32, 3/2) 30.5 -> 18.8 against strided slices of the padded input compared with y and a
+    one-hot depthwise ConvTranspose scatter; LeNet pool1 2.7 -> 2.3, pool2 1.4 -> 0.8. The 0/1
+    MatMuls read and write values exactly for finite inputs (x * 1 + 0 * others).
+    """
+    n, c, h, w = xs
+    oh, ow = ys[2], ys[3]
+    (kh, kw), (sh, sw) = kernel, strides
+    pt, pl = pads[0], pads[1]
+    cols = None
+    if kw == 1 and sw == 1 and ow == w:
+        z = x
+    else:
+        cols = _selection(w, kw, sw, pl, ow)
+        x2 = g.reshape(x, [n * c * h, w])
+        taps = [g.op1("MatMul", [x2, g.const(np.ascontiguousarray(cols[:, t * ow:(t + 1) * ow]))]) for t in range(kw)]
+        z2 = g.op1("Max", taps) if kw > 1 else taps[0]
+        z = g.reshape(z2, [n, c, h, ow])
+    if kh == 1 and sh == 1 and oh == h:
+        dz = dy
+    else:
+        end = max(0, sh * (oh - 1) + kh - h - pt)
+        zp = g.op1("Pad", [z, g.const([0, 0, pt, 0, 0, 0, end, 0]), g.scalar(FLT_LOWEST)]) if pt or end else z
+        rows = [g.op1("Slice", [zp, g.const([t]), g.const([t + sh * (oh - 1) + 1]), g.const([2]), g.const([sh])])
+                for t in range(kh)]
+        dz = _scatter_rows(g, _first_match(g, rows, y, dy), n, c, oh, ow, kh, sh, pt, h)
+    if cols is None:
+        return dz
+    dz2 = g.reshape(dz, [n * c * h, ow])
+    parts = _first_match(g, taps, z2, dz2) if kw > 1 else [dz2]
+    dx = g.op1("MatMul", [g.op1("Concat", parts, axis=1) if kw > 1 else parts[0], g.const(np.ascontiguousarray(cols.T))])
+    return g.reshape(dx, [n, c, h, w])
