@@ -3,7 +3,7 @@
 Stock onnxruntime has no ConvGrad/MaxPoolGrad kernels, so each gradient is composed of standard
 ops; several exact compositions exist and their speed depends on the shape, so each function picks
 one by a static rule derived from measurements (benchmarks/RESULTS.md, Training): the same net
-always gets the same graph. Module switches (``DX_FORM``, ``PATCH_LIMIT``) let tests force each.
+always gets the same graph. Module switches (``DX_FORM``, ``DW_FORM``) let tests force each.
 """
 
 from __future__ import annotations
@@ -20,20 +20,40 @@ FLT_LOWEST = float(np.finfo(np.float32).min)
 PATCH_LIMIT = 1 << 26
 
 
+#: "auto" (the rules below), "split", "im2col" or "transposed": how conv_weight_grad computes dW
+DW_FORM = "auto"
+
+
 def conv_weight_grad(g: GraphBuilder, x: str, dy: str, xs, ys, k, s, d, p, group: int) -> str:
     """dW of y = conv(x, W): x (N, Cin, H...) and dy (N, Cout, OH...) give dW (Cout, Cin/group, k...).
 
-    Two exact formulations, chosen by size (measured on 2 cores, ms for LeNet conv2 / CIFAR10-quick
-    conv1 / conv2, PyTorch's conv2d_weight 2.4 / 3.1 / 5.5): patches extracted by one depthwise
-    convolution with one-hot kernels, then a batched MatMul with dY summed over the batch (2.4 / 8.4
-    / 22); one convolution over batch-transposed tensors (5.7 / 40 / 169), which needs no im2col
-    buffer and is kept for shapes whose patches would not fit in memory.
+    Three exact formulations (ms on 2 cores for CIFAR10-quick conv1 / conv2 / conv3, LeNet conv2;
+    more shapes in benchmarks/RESULTS.md, Training):
+
+    * split (2-D, stride 1, one group): the k_w column shifts of x (0/1 MatMuls) and the k_h row
+      shifts of dY (Pads), batch folded into one Gemm of (k_h Cout) x (k_w Cin) over N x H' x OW,
+      H' the padded input height: copies (k_h Cout + k_w Cin) x H' x OW per image instead of
+      im2col's Cin k_h k_w x OH x OW, at H'/OH times the MACs (15.7 / 8.0 on conv2 / conv3);
+      taken when those copies are at most the im2col's, which picked the faster of split and
+      im2col on 12 of 13 shapes measured (the 13th, 3x3 64->64 on 28x28, within 3%);
+    * im2col: patches extracted by one depthwise convolution with one-hot kernels, then a batched
+      MatMul with dY summed over the batch (8.0 / 22.5 / 9.6 / 3.4);
+    * one convolution over batch-transposed tensors (40 / 169 / 13 / 5.7), which needs no patch
+      buffer and is kept for shapes whose im2col would not fit in memory (over PATCH_LIMIT).
     """
     nsp = len(k)
     n, cin, cout = xs[0], xs[1], ys[1]
     kk = int(np.prod(k))
     length = int(np.prod(ys[2:]))
-    if nsp == 2 and n * cin * kk * length <= PATCH_LIMIT:
+    splittable = nsp == 2 and group == 1 and all(v == 1 for v in s)
+    fits = nsp == 2 and n * cin * kk * length <= PATCH_LIMIT
+    form = DW_FORM
+    if form == "auto":
+        fewer_copies = splittable and (k[0] * cout + k[1] * cin) * (xs[2] + p[0] + p[2]) <= cin * kk * ys[2]
+        form = "split" if fewer_copies else "im2col" if fits else "transposed"
+    if form == "split" and splittable:
+        return _conv_weight_grad_split(g, x, dy, xs, ys, k, d, p)
+    if form in ("split", "im2col") and nsp == 2:
         cg, og = cin // group, cout // group
         onehot = np.zeros((cin * kk, 1, *k), g.dtype)
         for t in range(kk):
@@ -46,6 +66,35 @@ def conv_weight_grad(g: GraphBuilder, x: str, dy: str, xs, ys, k, s, d, p, group
         dw = g.op1("ReduceSum", [prod, g.const([0])], keepdims=0)
         return g.reshape(dw, [cout, cg, *k])
     return _conv_weight_grad_transposed(g, x, dy, xs, ys, k, s, d, p, group)
+
+
+def _conv_weight_grad_split(g: GraphBuilder, x: str, dy: str, xs, ys, k, d, p) -> str:
+    """dW[o, c, i, j] = sum over n, r, v of dYr_i[n, o, r, v] * Xc_j[n, c, r, v], stride 1, one group:
+    Xc_j = the row-padded input with its columns shifted by d*j - pad (a 0/1 MatMul, zero outside),
+    dYr_i = dY placed d*i rows down in the padded input's H' rows (a Pad). Batch-transposed first, so
+    the k_w shifts of x and the k_h shifts of dY stack into two matrices and one Gemm does the rest."""
+    n, cin, h, w = xs
+    cout, oh, ow = ys[1], ys[2], ys[3]
+    (kh, kw), (dh, dw_), (pt, pl, pb, _) = k, d, p
+    rows = h + pt + pb
+    xt = g.op1("Transpose", [x], perm=[1, 0, 2, 3])  # (Cin, N, H, W)
+    if pt or pb:
+        xt = g.op1("Pad", [xt, g.const([0, 0, pt, 0, 0, 0, pb, 0])])
+    xt = g.reshape(xt, [cin * n * rows, w])
+    shifted = []
+    for j in range(kw):
+        sel = np.zeros((w, ow), g.dtype)
+        for v in range(ow):
+            col = v + dw_ * j - pl
+            if 0 <= col < w:
+                sel[col, v] = 1.0
+        shifted.append(g.reshape(g.op1("MatMul", [xt, g.const(sel)]), [cin, n * rows * ow]))
+    cols = g.op1("Concat", shifted, axis=0)  # (kw*Cin, N*H'*OW)
+    dyt = g.op1("Transpose", [dy], perm=[1, 0, 2, 3])  # (Cout, N, OH, OW)
+    moved = [g.reshape(g.op1("Pad", [dyt, g.const([0, 0, dh * i, 0, 0, 0, rows - oh - dh * i, 0])]),
+                       [cout, n * rows * ow]) for i in range(kh)]
+    dws = g.op1("Gemm", [g.op1("Concat", moved, axis=0), cols], transB=1)  # (kh*Cout, kw*Cin)
+    return g.op1("Transpose", [g.reshape(dws, [kh, cout, kw, cin])], perm=[1, 3, 0, 2])
 
 
 def _conv_weight_grad_transposed(g: GraphBuilder, x: str, dy: str, xs, ys, k, s, d, p, group: int) -> str:

@@ -42,9 +42,12 @@ CASES = [
      [(2, 4, 6, 5)]),
     ("conv_hw", L.format(t="Convolution", p='convolution_param { num_output: 2 kernel_h: 3 kernel_w: 1 stride_h: 2 '
                                            'stride_w: 1 pad_h: 0 pad_w: 1 bias_term: false }'), [(1, 2, 7, 4)]),
+    ("conv_dil_rect", L.format(t="Convolution", p='convolution_param { num_output: 3 kernel_h: 3 kernel_w: 2 pad_h: 2 '
+                                                 'pad_w: 1 dilation: 2 }'), [(2, 2, 6, 5)]),
     ("depthwise", L.format(t="ConvolutionDepthwise", p=CONV.format(n=3, k=3, s=2, p=1, extra="")), [(1, 3, 6, 6)]),
     ("deconv", L.format(t="Deconvolution", p=CONV.format(n=2, k=3, s=2, p=1, extra="")), [(1, 3, 4, 3)]),
     ("deconv_group", L.format(t="Deconvolution", p=CONV.format(n=4, k=2, s=2, p=0, extra="group: 2")), [(1, 2, 3, 3)]),
+    ("deconv_s1", L.format(t="Deconvolution", p=CONV.format(n=2, k=3, s=1, p=1, extra="")), [(2, 3, 4, 5)]),
     ("ip", L.format(t="InnerProduct", p="inner_product_param { num_output: 3 }"), [(2, 2, 3, 2)]),
     ("ip_axis2_T", L.format(t="InnerProduct", p="inner_product_param { num_output: 3 axis: 2 transpose: true }"),
      [(2, 2, 3, 2)]),
@@ -159,19 +162,22 @@ def test_dropout_backward_uses_the_forward_mask():
     np.testing.assert_allclose(dx, rr * mask / 0.6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["conv", "conv_stride_odd", "conv_group_dil", "depthwise", "deconv_group"])
-def test_conv_weight_gradient_fallback_formulation(name, monkeypatch):
-    """The batch-transposed convolution used when im2col patches would be too big, checked too."""
+@pytest.mark.parametrize("form", ["im2col", "transposed", "split"])
+@pytest.mark.parametrize("name", ["conv", "conv_stride_odd", "conv_group_dil", "conv_hw", "conv_dil_rect", "depthwise",
+                                  "deconv_group", "deconv_s1"])
+def test_conv_weight_gradient_formulations(name, form, monkeypatch):
+    """Each formulation of a convolution's weight gradient, forced (split only where it applies:
+    stride 1, one group; the others fall back to im2col)."""
     from dnntool.onnxgraph import grad_spatial
 
-    monkeypatch.setattr(grad_spatial, "PATCH_LIMIT", 0)
+    monkeypatch.setattr(grad_spatial, "DW_FORM", form)
     _, text, shapes = next(c for c in CASES if c[0] == name)
     net = build_net(text, shapes, phase="train")
     check_layer_gradient(net, _feeds(net))
 
 
 @pytest.mark.parametrize("form", ["flipped", "transpose"])
-@pytest.mark.parametrize("name", ["conv", "conv_stride_odd", "conv_group_dil", "conv_hw", "depthwise"])
+@pytest.mark.parametrize("name", ["conv", "conv_stride_odd", "conv_group_dil", "conv_hw", "conv_dil_rect", "depthwise"])
 def test_conv_data_gradient_formulations(name, form, monkeypatch):
     """Both formulations of a convolution's data gradient (flipped-weight Conv, ConvTranspose), forced."""
     from dnntool.onnxgraph import grad_spatial
