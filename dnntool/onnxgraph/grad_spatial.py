@@ -169,10 +169,11 @@ def _selection(n_in: int, k: int, s: int, pad: int, n_out: int) -> np.ndarray:
     return sel
 
 
-def _first_match(g: GraphBuilder, taps: list[str], top: str, grad: str) -> list[str]:
+def _first_match(g: GraphBuilder, taps: list, top: str, grad: str) -> list[str]:
     """``grad`` masked per tap: where the tap is the first (in order) to equal ``top``, the taps' max.
 
-    The last tap takes what no earlier tap took, since one of the taps equals their maximum.
+    The last tap takes what no earlier tap took, since one of the taps equals their maximum, so
+    the last entry of ``taps`` is never read (None will do).
     """
     free, out = None, []
     for t, tap in enumerate(taps):
@@ -217,15 +218,16 @@ def maxpool_grad(g: GraphBuilder, x: str, y: str, dy: str, xs, ys, kernel, strid
     order, Caffe's argmax, summed where windows overlap.
 
     Separable: the first maximum in row-major order is the first maximum along the window's columns
-    of the first row holding the window's maximum. So a column stage takes the k_w column taps of
-    every row (one MatMul per tap with a 0/1 selection matrix, contiguous output), Z = their Max,
-    then a row stage takes the k_h strided row slices of Z (contiguous rows), compares them with y
-    and routes dY to the first matching row (dZ, rows put back by phase with Pad/Sum/Concat), and
-    the column stage routes dZ to the first matching column tap and puts the taps back with one
-    MatMul by the transposed selection. Measured on 2 cores (ms): CIFAR10-quick pool1 (N100 C32
-    32x32, 3/2) 30.5 -> 18.8 against strided slices of the padded input compared with y and a
-    one-hot depthwise ConvTranspose scatter; LeNet pool1 2.7 -> 2.3, pool2 1.4 -> 0.8. The 0/1
-    MatMuls read and write values exactly for finite inputs (x * 1 + 0 * others).
+    of the first row holding the window's maximum. So a column stage takes Z, the max of every
+    row's k_w column taps (a 1 x k_w MaxPool), then a row stage takes the k_h strided row slices of
+    Z (contiguous rows), compares them with y and routes dY to the first matching row (dZ, rows put
+    back by phase with Pad/Sum/Concat), and the column stage routes dZ to the first column tap
+    equal to Z (taps by MatMuls with a 0/1 selection matrix, contiguous output) and puts the taps
+    back with one MatMul by the transposed selection. Measured on 2 cores (ms): CIFAR10-quick pool1
+    (N100 C32 32x32, 3/2) 31.5 -> 17.1 against strided slices of the padded input compared with y
+    and a one-hot depthwise ConvTranspose scatter (19.6 with Z the Max of k_w MatMul taps); LeNet
+    pool1 2.7 -> 2.0, pool2 1.2 -> 0.8. The 0/1 MatMuls read and write values exactly for finite
+    inputs (x * 1 + 0 * others).
     """
     n, c, h, w = xs
     oh, ow = ys[2], ys[3]
@@ -237,8 +239,12 @@ def maxpool_grad(g: GraphBuilder, x: str, y: str, dy: str, xs, ys, kernel, strid
     else:
         cols = _selection(w, kw, sw, pl, ow)
         x2 = g.reshape(x, [n * c * h, w])
-        taps = [g.op1("MatMul", [x2, g.const(np.ascontiguousarray(cols[:, t * ow:(t + 1) * ow]))]) for t in range(kw)]
-        z2 = g.op1("Max", taps) if kw > 1 else taps[0]
+        taps = [g.op1("MatMul", [x2, g.const(np.ascontiguousarray(cols[:, t * ow:(t + 1) * ow]))])
+                for t in range(kw - 1)] + [None]
+        end = max(0, sw * (ow - 1) + kw - w - pl)  # one channel: no NCHWc reorders around this MaxPool
+        z = g.op1("MaxPool", [g.reshape(x, [n * c, 1, h, w])], kernel_shape=[1, kw], strides=[1, sw],
+                  pads=[0, pl, 0, end])
+        z2 = g.reshape(z, [n * c * h, ow])
         z = g.reshape(z2, [n, c, h, ow])
     if kh == 1 and sh == 1 and oh == h:
         dz = dy
@@ -246,7 +252,7 @@ def maxpool_grad(g: GraphBuilder, x: str, y: str, dy: str, xs, ys, kernel, strid
         end = max(0, sh * (oh - 1) + kh - h - pt)
         zp = g.op1("Pad", [z, g.const([0, 0, pt, 0, 0, 0, end, 0]), g.scalar(FLT_LOWEST)]) if pt or end else z
         rows = [g.op1("Slice", [zp, g.const([t]), g.const([t + sh * (oh - 1) + 1]), g.const([2]), g.const([sh])])
-                for t in range(kh)]
+                for t in range(kh - 1)] + [None]
         dz = _scatter_rows(g, _first_match(g, rows, y, dy), n, c, oh, ow, kh, sh, pt, h)
     if cols is None:
         return dz
