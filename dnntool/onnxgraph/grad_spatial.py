@@ -37,7 +37,9 @@ def conv_weight_grad(g: GraphBuilder, x: str, dy: str, xs, ys, k, s, d, p, group
       taken when those copies are at most the im2col's, which picked the faster of split and
       im2col on 12 of 13 shapes measured (the 13th, 3x3 64->64 on 28x28, within 3%);
     * im2col: patches extracted by one depthwise convolution with one-hot kernels, then a batched
-      MatMul with dY summed over the batch (8.0 / 22.5 / 9.6 / 3.4);
+      MatMul with dY summed over the batch (8.0 / 22.5 / 9.6 / 3.4), as patches x dY^T where the
+      patch rows Cin k_h k_w are at least twice Cout (conv1 7.9 -> 6.6; 0.88-0.95 on larger shapes;
+      LeNet conv1, 25 rows for 20 outputs, 0.84 vs 1.04 kept as dY x patches^T);
     * one convolution over batch-transposed tensors (40 / 169 / 13 / 5.7), which needs no patch
       buffer and is kept for shapes whose im2col would not fit in memory (over PATCH_LIMIT).
     """
@@ -62,8 +64,12 @@ def conv_weight_grad(g: GraphBuilder, x: str, dy: str, xs, ys, k, s, d, p, group
                      group=cin)  # (N, Cin*k*k, OH, OW): channel c*kk + t is tap t of input channel c
         cols = g.reshape(cols, [n, group, cg * kk, length])
         dyr = g.reshape(dy, [n, group, og, length])
-        prod = g.op1("MatMul", [dyr, g.op1("Transpose", [cols], perm=[0, 1, 3, 2])])  # (N, g, og, cg*kk)
-        dw = g.op1("ReduceSum", [prod, g.const([0])], keepdims=0)
+        if cg * kk >= 2 * og:  # the transposed operand (packed by the GEMM) is the smaller one
+            prod = g.op1("MatMul", [cols, g.op1("Transpose", [dyr], perm=[0, 1, 3, 2])])  # (N, g, cg*kk, og)
+            dw = g.op1("Transpose", [g.op1("ReduceSum", [prod, g.const([0])], keepdims=0)], perm=[0, 2, 1])
+        else:
+            prod = g.op1("MatMul", [dyr, g.op1("Transpose", [cols], perm=[0, 1, 3, 2])])  # (N, g, og, cg*kk)
+            dw = g.op1("ReduceSum", [prod, g.const([0])], keepdims=0)
         return g.reshape(dw, [cout, cg, *k])
     return _conv_weight_grad_transposed(g, x, dy, xs, ys, k, s, d, p, group)
 

@@ -42,6 +42,7 @@ CASES = [
      [(2, 4, 6, 5)]),
     ("conv_hw", L.format(t="Convolution", p='convolution_param { num_output: 2 kernel_h: 3 kernel_w: 1 stride_h: 2 '
                                            'stride_w: 1 pad_h: 0 pad_w: 1 bias_term: false }'), [(1, 2, 7, 4)]),
+    ("conv_1x1_wide", L.format(t="Convolution", p=CONV.format(n=5, k=1, s=1, p=0, extra="")), [(2, 2, 3, 3)]),
     ("conv_dil_rect", L.format(t="Convolution", p='convolution_param { num_output: 3 kernel_h: 3 kernel_w: 2 pad_h: 2 '
                                                  'pad_w: 1 dilation: 2 }'), [(2, 2, 6, 5)]),
     ("depthwise", L.format(t="ConvolutionDepthwise", p=CONV.format(n=3, k=3, s=2, p=1, extra="")), [(1, 3, 6, 6)]),
@@ -163,8 +164,8 @@ def test_dropout_backward_uses_the_forward_mask():
 
 
 @pytest.mark.parametrize("form", ["im2col", "transposed", "split"])
-@pytest.mark.parametrize("name", ["conv", "conv_stride_odd", "conv_group_dil", "conv_hw", "conv_dil_rect", "depthwise",
-                                  "deconv_group", "deconv_s1"])
+@pytest.mark.parametrize("name", ["conv", "conv_stride_odd", "conv_group_dil", "conv_hw", "conv_1x1_wide", "conv_dil_rect",
+                                  "depthwise", "deconv_group", "deconv_s1"])
 def test_conv_weight_gradient_formulations(name, form, monkeypatch):
     """Each formulation of a convolution's weight gradient, forced (split only where it applies:
     stride 1, one group; the others fall back to im2col)."""
