@@ -16,7 +16,12 @@ import numpy as np
 from onnx import helper
 
 from dnntool.onnxgraph.builder import GraphBuilder
-from dnntool.onnxgraph.grad_spatial import conv_data_grad, conv_weight_grad, maxpool_grad
+from dnntool.onnxgraph.grad_spatial import (
+    avgpool_grad,
+    conv_data_grad,
+    conv_weight_grad,
+    maxpool_grad,
+)
 
 NOT_DIFFERENTIABLE = frozenset({
     "Cast", "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Not", "And", "Or", "Shape",
@@ -505,7 +510,8 @@ def _maxpool(c):
 
 @rule("AveragePool")
 def _avgpool(c):
-    """Adjoint of a (count_include_pad) average: a depthwise transposed convolution with ones / k."""
+    """Adjoint of a (count_include_pad) average: separable in 2-D, else a depthwise transposed
+    convolution with ones / k."""
     g = c.g
     if not c.attr("count_include_pad", 0):
         raise NotImplementedError("AveragePool gradient without count_include_pad")
@@ -514,6 +520,8 @@ def _avgpool(c):
     k = list(c.attr("kernel_shape"))
     s = list(c.attr("strides", [1] * nsp))
     p = list(c.attr("pads", [0] * (2 * nsp)))
+    if nsp == 2:
+        return [avgpool_grad(g, c.go(), xs, ys, k, s, p)]
     ch = xs[1]
     ones = g.const(np.full((ch, 1, *k), 1.0 / float(np.prod(k)), g.dtype))
     opad = [xs[2 + j] - (s[j] * (ys[2 + j] - 1) + k[j] - p[j] - p[j + nsp]) for j in range(nsp)]

@@ -59,6 +59,8 @@ CASES = [
      [(1, 2, 5, 5)]),
     ("avepool_ceil", L.format(t="Pooling", p="pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }"),
      [(1, 2, 6, 7)]),
+    ("avepool_stride_gt_kernel", L.format(t="Pooling", p="pooling_param { pool: AVE kernel_size: 2 stride: 3 }"),
+     [(1, 2, 8, 7)]),
     ("avepool_global", L.format(t="Pooling", p="pooling_param { pool: AVE global_pooling: true }"), [(2, 3, 4, 3)]),
     ("maxpool_global", L.format(t="Pooling", p="pooling_param { pool: MAX global_pooling: true }"), [(2, 3, 4, 3)]),
     ("lrn_across", L.format(t="LRN", p="lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 k: 2 }"), [(1, 5, 3, 3)]),
