@@ -132,6 +132,15 @@ def resolve_path(path: str, net_path: str | None) -> str:
     return str(q) if q.exists() else str(p)
 
 
+def resolve_source(source: str, net_path: str | None) -> list[str]:
+    """The databases a Data layer's source names (one path, ``A,B,...`` or ``DB@K``: see
+    ``dnntool.io.shards``), each resolved as ``resolve_path`` does."""
+    from dnntool.io.shards import source_paths
+
+    return [resolve_path(p, net_path)
+            for p in source_paths(source, lambda p: Path(resolve_path(p, net_path)).exists())]
+
+
 FEEDABLE = ("Data", "ImageData")
 
 
@@ -143,7 +152,7 @@ def source_for_layer(layer, net_path: str | None, seed: int = 0):
         if not dp.source:
             raise NetError(f"layer '{layer.name}' (Data) has no data_param.source", layer.loc, layer=layer.name)
         try:
-            return LmdbSource(resolve_path(dp.source, net_path),
+            return LmdbSource(resolve_source(dp.source, net_path),
                               force_color=lp.transform_param.force_color or dp.force_encoded_color,
                               force_gray=lp.transform_param.force_gray)
         except FormatError as e:

@@ -2,13 +2,18 @@
 
 A record is (key, C x H x W array, label): uint8 pixels (or float32 for ``float_data`` Datums) in
 Caffe's BGR channel order. Sources iterate in a fixed order and can cycle, as Caffe's readers
-restart from the first record at the end of the database.
+restart from the first record at the end of the database. An LMDB source may be several shards,
+read round-robin. LMDB and image-list sources can start at any position and take every n-th record
+(one rank's share in data-parallel training) without decoding the records they step over.
 """
 
 from __future__ import annotations
 
+import bisect
+import contextlib
+import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,37 +95,112 @@ def decode_datum(d, key: str, path: str | None = None, force_color: bool = False
     raise FormatError(f"record '{key}': the Datum holds no data", where)
 
 
+class Interleave:
+    """Round-robin order over databases of the given sizes: record g of the whole is database
+    g % K's record g // K while every one has records left; those that run out drop out of the
+    later rounds. For shards written by ``convert-images --shards K`` this is the unsharded order."""
+
+    def __init__(self, sizes: Sequence[int]):
+        self.sizes = [int(n) for n in sizes]
+        self.total = sum(self.sizes)
+        self._segments: list[tuple[int, int, list[int]]] = []  # (first position, first round, databases in)
+        position = rounds = 0
+        for n in sorted(set(self.sizes)):
+            if n > rounds:
+                active = [s for s, size in enumerate(self.sizes) if size > rounds]
+                self._segments.append((position, rounds, active))
+                position += (n - rounds) * len(active)
+                rounds = n
+        self._starts = [seg[0] for seg in self._segments]
+
+    def locate(self, position: int) -> tuple[int, int]:
+        """(database, index in it) of ``position`` (taken modulo the total)."""
+        position %= self.total
+        first, rounds, active = self._segments[bisect.bisect_right(self._starts, position) - 1]
+        r, j = divmod(position - first, len(active))
+        return active[j], rounds + r
+
+
 class LmdbSource:
-    """Datums of an LMDB in key order (what Caffe's Data layer reads)."""
+    """Datums of an LMDB in key order (what Caffe's Data layer reads), or of several LMDBs (shards)
+    read round-robin as ``Interleave`` orders them.
 
-    def __init__(self, path: str | os.PathLike[str], force_color: bool = False, force_gray: bool = False):
+    ``path`` is one database, a source spec (``A,B`` or ``DB@K``: ``dnntool.io.shards``) or a list of
+    paths. A missing or empty shard is an error naming it; an empty shard among full ones is read as
+    having run out.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+                 force_color: bool = False, force_gray: bool = False):
         from dnntool.io.datadb import is_lmdb, open_lmdb
+        from dnntool.io.shards import source_paths
 
-        self.path = str(path)
-        if not Path(path).exists():
-            raise FormatError("no such LMDB", SourceLoc(self.path))
-        if not is_lmdb(path):
-            raise FormatError("not an LMDB (no data.mdb; LevelDB is not supported)", SourceLoc(self.path))
-        self.env = open_lmdb(path)
+        if isinstance(path, (str, os.PathLike)):
+            self.path = os.fspath(path)
+            self.paths = source_paths(self.path)
+        else:
+            self.paths = [os.fspath(p) for p in path]
+            self.path = ",".join(self.paths)
         self.force_color = force_color
         self.force_gray = force_gray
-        self.size = int(self.env.stat()["entries"])
-        if not self.size:
-            raise FormatError("database is empty", SourceLoc(self.path))
+        self.envs: list = []
+        several = len(self.paths) > 1
+        try:
+            for i, p in enumerate(self.paths):
+                which = f"database {i + 1} of the {len(self.paths)} of the source" if several else ""
+                if not Path(p).exists():
+                    raise FormatError("no such LMDB" + (f" ({which})" if which else ""), SourceLoc(p))
+                if not is_lmdb(p):
+                    raise FormatError("not an LMDB (no data.mdb; LevelDB is not supported"
+                                      + (f"; {which})" if which else ")"), SourceLoc(p))
+                self.envs.append(open_lmdb(p))
+            self.order = Interleave([int(env.stat()["entries"]) for env in self.envs])
+            self.size = self.order.total
+            if not self.size:
+                raise FormatError("every database of the source is empty" if several else "database is empty",
+                                  SourceLoc(self.path))
+        except BaseException:
+            self.close()
+            raise
 
     def __len__(self) -> int:
         return self.size
 
-    def records(self, cycle: bool = False) -> Iterator[Record]:
-        """Records in key order; with ``cycle`` restart from the first one at the end, forever."""
-        while True:
-            with self.env.begin(buffers=False) as txn:
-                for key, value in txn.cursor():
-                    k = key.decode("utf-8", "replace")
-                    data, label = datum_array(value, k, self.path, self.force_color, self.force_gray)
-                    yield Record(k, data, float(label))
-            if not cycle:
+    def items(self, start: int = 0, stride: int = 1, cycle: bool = True) -> Iterator[tuple[bytes, bytes, str]]:
+        """(key, value, database path) of the records at positions start, start + stride, ... of
+        the round-robin order, modulo the size with ``cycle`` (else up to the end). The records in
+        between are stepped over with the cursor, never parsed."""
+        with contextlib.ExitStack() as stack:
+            if len(self.envs) == 1 and stride == 1:
+                yield from _sequential(stack.enter_context(self.envs[0].begin(buffers=False)),
+                                       start % self.size, cycle, self.paths[0])
                 return
+            cursors: list = [None] * len(self.envs)
+            at = [0] * len(self.envs)
+            p = start % self.size if cycle else start
+            while p < self.size:
+                s, i = self.order.locate(p)
+                cur = cursors[s]
+                if cur is None or i < at[s]:
+                    if cur is None:  # a database is opened for reading only once it is read
+                        cur = cursors[s] = stack.enter_context(self.envs[s].begin(buffers=False)).cursor()
+                    cur.first()
+                    at[s] = 0
+                while at[s] < i:
+                    cur.next()
+                    at[s] += 1
+                yield cur.key(), cur.value(), self.paths[s]
+                p += stride
+                if cycle:
+                    p %= self.size
+
+    def records(self, cycle: bool = False, start: int = 0, stride: int = 1) -> Iterator[Record]:
+        """Records in key order (round-robin over shards); with ``cycle`` restart from the first
+        one at the end, forever. ``start``/``stride``: only positions start, start + stride, ..."""
+        for key, value, path in self.items(start, stride, cycle):
+            k = key.decode("utf-8", "replace")
+            data, label = datum_array(value, k, path, self.force_color, self.force_gray)
+            yield Record(k, data, float(label))
 
     def chunks(self, n: int) -> Iterator[tuple[list[str], np.ndarray | list[np.ndarray], np.ndarray]]:
         """Endless groups of ``n`` records in key order, wrapping: (keys, data, labels).
@@ -131,45 +211,55 @@ class LmdbSource:
         from dnntool.io.datadb import parse_datum
 
         from_string = caffe_pb2.Datum.FromString
-        with self.env.begin(buffers=False) as txn:
-            items = _endless(txn)
-            while True:
-                keys, labels, parts, shapes = [], [], [], []
-                joinable = True
-                for _ in range(n):
-                    k, v = next(items)
-                    try:
-                        d = from_string(v)
-                    except DecodeError:
-                        d = parse_datum(v, k.decode("utf-8", "replace"), self.path)  # raises, naming the key
-                    shape = (d.channels, d.height, d.width)
-                    raw = d.data
-                    if raw and not d.encoded and len(raw) == shape[0] * shape[1] * shape[2]:
-                        parts.append(raw)
-                        joinable = joinable and (not shapes or shape == shapes[0])
-                    else:
-                        joinable = False
-                        parts.append(decode_datum(d, k.decode("utf-8", "replace"), self.path,
-                                                  self.force_color, self.force_gray))
-                    keys.append(k)
-                    labels.append(d.label)
-                    shapes.append(shape)
-                if joinable:
-                    data: np.ndarray | list[np.ndarray] = np.frombuffer(
-                        b"".join(parts), np.uint8).reshape(n, *shapes[0])
+        items = self.items()
+        while True:
+            keys, labels, parts, shapes = [], [], [], []
+            joinable = True
+            for _ in range(n):
+                k, v, path = next(items)
+                try:
+                    d = from_string(v)
+                except DecodeError:
+                    d = parse_datum(v, k.decode("utf-8", "replace"), path)  # raises, naming the key
+                shape = (d.channels, d.height, d.width)
+                raw = d.data
+                if raw and not d.encoded and len(raw) == shape[0] * shape[1] * shape[2]:
+                    parts.append(raw)
+                    joinable = joinable and (not shapes or shape == shapes[0])
                 else:
-                    data = [np.frombuffer(p, np.uint8).reshape(s) if isinstance(p, bytes) else p
-                            for p, s in zip(parts, shapes, strict=True)]
-                yield [k.decode("utf-8", "replace") for k in keys], data, np.asarray(labels, np.float32)
+                    joinable = False
+                    parts.append(decode_datum(d, k.decode("utf-8", "replace"), path,
+                                              self.force_color, self.force_gray))
+                keys.append(k)
+                labels.append(d.label)
+                shapes.append(shape)
+            if joinable:
+                data: np.ndarray | list[np.ndarray] = np.frombuffer(
+                    b"".join(parts), np.uint8).reshape(n, *shapes[0])
+            else:
+                data = [np.frombuffer(p, np.uint8).reshape(s) if isinstance(p, bytes) else p
+                        for p, s in zip(parts, shapes, strict=True)]
+            yield [k.decode("utf-8", "replace") for k in keys], data, np.asarray(labels, np.float32)
 
     def close(self) -> None:
-        self.env.close()
+        for env in self.envs:
+            env.close()
+        self.envs = []
 
 
-def _endless(txn) -> Iterator[tuple[bytes, bytes]]:
-    """(key, value) pairs of a transaction in key order, restarting at the first after the last."""
+def _sequential(txn, skip: int, cycle: bool, path: str) -> Iterator[tuple[bytes, bytes, str]]:
+    """(key, value, path) of a transaction in key order from record ``skip``, restarting at the
+    first after the last when ``cycle``."""
+    cur = txn.cursor()
+    cur.first()
+    for _ in range(skip):
+        cur.next()
     while True:
-        yield from txn.cursor()
+        for key, value in cur:
+            yield key, value, path
+        if not cycle:
+            return
+        cur.first()
 
 
 def parse_list_file(path: str | os.PathLike[str]) -> list[tuple[str, int]]:
@@ -226,13 +316,20 @@ class ImageListSource:
             img = cv2.resize(img, (self.size_hw[1], self.size_hw[0]))
         return hwc_to_chw(img)
 
-    def records(self, cycle: bool = False) -> Iterator[Record]:
-        """Records in list order (shuffled per pass when ``shuffle``), cycling when asked."""
-        while True:
-            order = self.rng.permutation(len(self.lines)) if self.shuffle else range(len(self.lines))
-            for i in order:
-                name, label = self.lines[i]
+    def records(self, cycle: bool = False, start: int = 0, stride: int = 1) -> Iterator[Record]:
+        """Records in list order (shuffled per pass when ``shuffle``), cycling when asked.
+
+        ``start``/``stride``: only positions start, start + stride, ... of that stream; every pass
+        before or between them still draws its shuffle, so the order is the one a reader from 0
+        sees, and the images in between are not read.
+        """
+        n, p = len(self.lines), start
+        for base in itertools.count(0, n):
+            order = self.rng.permutation(n) if self.shuffle else range(n)
+            while p < base + n:
+                name, label = self.lines[order[p - base]]
                 yield Record(name, self.read(name), float(label))
+                p += stride
             if not cycle:
                 return
 

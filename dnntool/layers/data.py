@@ -114,16 +114,28 @@ class Data(SourcedData):
         return self.lp.data_param.batch_size or 1
 
     def record_chw(self) -> tuple[int, int, int]:
-        from dnntool.io.datadb import datum_shape, first_datum, is_lmdb
+        from dnntool.io.datadb import datum_shape, first_datum, is_lmdb, lmdb_entries
+        from dnntool.io.shards import source_paths
 
         src = self.lp.data_param.source
-        path = self.resolve(src)
         guess = (self.batch(), 3, self.crop(), self.crop()) if self.crop() else None
-        if path is None:
-            raise self.need_shape(f"source '{src}' does not exist" if src else "no data_param.source", guess)
-        if not is_lmdb(path):
-            raise self.need_shape(f"source '{src}' is not an LMDB (LevelDB is not supported)", guess)
+        if not src:
+            raise self.need_shape("no data_param.source", guess)
         try:
+            names = source_paths(src, lambda p: self.resolve(p) is not None)  # a list or DB@K: shards
+        except FormatError as e:
+            raise self.error(f"source '{src}': {e.message}") from None
+        paths = []
+        for name in names:
+            path = self.resolve(name)
+            what = f"source '{src}'" if name == src else f"'{name}' of source '{src}'"
+            if path is None:
+                raise self.need_shape(f"{what} does not exist", guess)
+            if not is_lmdb(path):
+                raise self.need_shape(f"{what} is not an LMDB (LevelDB is not supported)", guess)
+            paths.append(path)
+        try:  # the first record of the first database that has one
+            path = next((p for p in paths if len(paths) == 1 or lmdb_entries(p)), paths[0])
             c, h, w = datum_shape(first_datum(path))
         except FormatError as e:
             raise self.error(f"source '{src}': {e.message}") from None

@@ -4,7 +4,8 @@ Caffe's convert_imageset, record for record: ``cv::imread`` (colour or grayscale
 ``cv::resize`` (INTER_LINEAR) when both sizes are set, CHW bytes in BGR order, keys
 ``%08d_<path>`` numbered by list position (a skipped image still uses its number). Beyond Caffe:
 aspect-preserving resizes (DIGITS' geometry), C/H/W on encoded records, a seeded shuffle, class
-folders with a stratified validation split, worker processes, atomic output. The mean image is
+folders with a stratified validation split, worker processes, atomic output, sharded output
+(``DB-0000i-of-0000K``, record j to shard j % K; ``dnntool.io.shards``). The mean image is
 ``dnntool.tools.image_mean``.
 """
 
@@ -25,6 +26,7 @@ import numpy as np
 
 from dnntool.errors import FormatError, SourceLoc, UsageError
 from dnntool.io.datadb import LmdbWriter, StagedDb, datum_header, datum_trailer
+from dnntool.io.shards import shard_name
 from dnntool.tools.parallel import OrderedMap, resolve_jobs
 
 Progress = Callable[[int, int], None]
@@ -61,6 +63,8 @@ class ConvertOptions:
     overwrite: bool = False
     val_split: float = 0.0
     val_db: str | None = None  # default: <DB>_val
+    shards: int = 0  # K >= 1: the training records go to DB-0000i-of-0000K, record j to shard j % K
+    shard: int | None = None  # with shards: write only this piece (the same bytes as in the full run)
 
     def __post_init__(self):
         if self.resize_height < 0 or self.resize_width < 0:
@@ -71,6 +75,10 @@ class ConvertOptions:
             raise UsageError(f"--resize-mode must be one of {', '.join(RESIZE_MODES)}")
         if not 0.0 <= self.val_split < 1.0:
             raise UsageError("--val-split must be in [0, 1)")
+        if self.shards < 0:
+            raise UsageError("--shards must be >= 1")
+        if self.shard is not None and not 0 <= self.shard < self.shards:
+            raise UsageError(f"--shard {self.shard}/{self.shards}: expected I/K with 0 <= I < K")
 
     @property
     def resize(self) -> bool:
@@ -101,6 +109,8 @@ class DbSummary:
     path: str
     written: int = 0
     shape: tuple[int, int, int] | None = None  # C, H, W of the first record
+    shard: int | None = None  # i of DB-0000i-of-0000K (None: not a shard)
+    shards: int | None = None  # K
 
 
 @dataclass
@@ -124,8 +134,8 @@ class ConvertSummary:
 
     def to_dict(self) -> dict:
         return {
-            "dbs": [{"path": d.path, "written": d.written, "shape": list(d.shape) if d.shape else None}
-                    for d in self.dbs],
+            "dbs": [{"path": d.path, "written": d.written, "shape": list(d.shape) if d.shape else None,
+                     **({"shard": d.shard, "shards": d.shards} if d.shards else {})} for d in self.dbs],
             "listed": self.listed, "written": self.written, "skipped": len(self.skipped),
             "skipped_by_reason": self.skipped_by_reason(),
             "skipped_images": [{"path": s.path, "file": s.file, "where": s.where, "reason": s.reason,
@@ -389,7 +399,8 @@ _WORKER: dict = {}
 def _convert_init(root: str, opts: ConvertOptions) -> None:
     import cv2
 
-    cv2.setNumThreads(1)  # one image per process at a time; N processes use N cores
+    if cv2.getNumThreads() != 1:  # forked workers inherit 1 (see _cv2_threads_restored)
+        cv2.setNumThreads(1)  # one image per process at a time; N processes use N cores
     _WORKER.update(root=root, opts=opts)
 
 
@@ -416,10 +427,14 @@ def _convert_chunk(chunk: list[tuple[str, int]], buf) -> list:
 
 @contextlib.contextmanager
 def _cv2_threads_restored() -> Iterator[None]:
-    """In-process runs (jobs 1) use one OpenCV thread like each worker, then restore the caller's."""
+    """One OpenCV thread in this process while converting, then the caller's again: in-process
+    runs (jobs 1) work like each worker, and forked workers inherit it. A forked child must not
+    change the thread count itself: once a parent has changed it and then run parallel OpenCV
+    code, ``cv2.setNumThreads`` deadlocks in the child (OpenCV 4.x pthreads pool)."""
     import cv2
 
     before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
     try:
         yield
     finally:
@@ -439,7 +454,8 @@ def convert_images(root: str | os.PathLike[str], listfile: str | os.PathLike[str
 
     Workers decode, resize and serialise; this process writes in list order, so the database is
     the same byte for byte for every ``jobs``. Output is staged and renamed when complete (see
-    ``StagedDb``). Skipped images are reported through ``warn`` and in the summary.
+    ``StagedDb``). Skipped images are reported through ``warn`` and in the summary. With
+    ``options.shards`` the training records go to shard databases (see ``_targets``).
     """
     t0 = time.perf_counter()
     opts = options
@@ -450,18 +466,16 @@ def convert_images(root: str | os.PathLike[str], listfile: str | os.PathLike[str
     if opts.shuffle:
         rng = random.Random(opts.seed)
         train, val = shuffled(train, rng), shuffled(val, rng)
-    targets = [str(db)] + ([opts.val_db or f"{db}_val"] if opts.val_split else [])
+    dbs, plan = _targets(str(db), train, val, opts)
     labels_path = labels_text = None
     if classes is not None:
         labels_path, labels_text = Path(db).parent / "labels.txt", "".join(f"{c}\n" for c in classes)
         _check_labels(labels_path, labels_text, opts.overwrite)
-    plan = [(0, i, e) for i, e in enumerate(train)] + [(1, i, e) for i, e in enumerate(val)]
-    summary = ConvertSummary([DbSummary(t) for t in targets], len(plan), encoded=opts.is_encoded,
-                             classes=classes)
+    summary = ConvertSummary(dbs, len(plan), encoded=opts.is_encoded, classes=classes)
     stages: list[StagedDb] = []
     try:
-        for t in targets:
-            stages.append(StagedDb(t, opts.overwrite))
+        for d in dbs:
+            stages.append(StagedDb(d.path, opts.overwrite))
         _write_plan(str(root), listfile, plan, stages, opts, summary, progress, warn)
         for s in stages:
             s.commit()
@@ -476,6 +490,31 @@ def convert_images(root: str | os.PathLike[str], listfile: str | os.PathLike[str
         summary.labels = str(labels_path)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _targets(db: str, train: list[ListEntry], val: list[ListEntry],
+             opts: ConvertOptions) -> tuple[list[DbSummary], list[tuple[int, int, ListEntry]]]:
+    """The databases to write and the plan: (database, list position, entry) in writing order.
+
+    Sharded, training record j goes to ``DB-0000i-of-0000K`` with i = j % K, keeping its key
+    ``%08d_<path>`` (j); one piece (``shard``) writes only its own records, and the validation DB
+    (never sharded) only with piece 0.
+    """
+    k = opts.shards
+    if not k:
+        dbs = [DbSummary(db)]
+        plan = [(0, i, e) for i, e in enumerate(train)]
+    else:
+        if k > len(train):
+            raise UsageError(f"--shards {k}: only {len(train)} training images, so a shard would be empty")
+        pieces = range(k) if opts.shard is None else [opts.shard]
+        dbs = [DbSummary(shard_name(db, i, k), shard=i, shards=k) for i in pieces]
+        plan = [(i % k if opts.shard is None else 0, i, e) for i, e in enumerate(train)
+                if opts.shard is None or i % k == opts.shard]
+    if opts.val_split and (opts.shard or 0) == 0:
+        plan += [(len(dbs), i, e) for i, e in enumerate(val)]
+        dbs.append(DbSummary(opts.val_db or f"{db}_val"))
+    return dbs, plan
 
 
 def _check_labels(path: Path, text: str, overwrite: bool) -> None:

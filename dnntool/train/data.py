@@ -7,6 +7,9 @@ ahead in a background thread. Random crops and mirrors (TRAIN) draw from a gener
 resuming from a solverstate continues the data stream exactly. ``MemoryData``, ``Input`` and
 ``DummyData`` tops are fed from numpy arrays (or callables) a library user passes; ``DummyData``
 without arrays fills from its ``data_filler``; ``HDF5Data`` reads its files when h5py is installed.
+A ``Data`` source may name several LMDB shards (``A,B`` or ``DB@K``), read round-robin. For
+data-parallel training, rank r of a world of n processes reads every n-th record (or batch) from
+r on: together the ranks read what one process reads n batches at a time (``net_data``).
 """
 
 from __future__ import annotations
@@ -26,63 +29,18 @@ from dnntool.net import Net
 ArrayFeed = np.ndarray | Callable[[int], np.ndarray]
 
 
-
-
-# -- record streams positioned at any record -------------------------------------------------------
-def _lmdb_records(src, skip: int) -> Iterator:
-    """Records of an LmdbSource from position ``skip`` (mod its size), cycling; skipped records
-    are not decoded."""
-    from dnntool.data.sources import Record, datum_array
-
-    skip %= src.size
-    while True:
-        with src.env.begin(buffers=False) as txn:
-            cur = txn.cursor()
-            cur.first()
-            for _ in range(skip):
-                cur.next()
-            skip = 0
-            for key, value in cur:
-                k = key.decode("utf-8", "replace")
-                data, label = datum_array(value, k, src.path, src.force_color, src.force_gray)
-                yield Record(k, data, float(label))
-
-
-def _list_records(src, skip: int) -> Iterator:
-    """Records of an ImageListSource from position ``skip``, replaying its per-pass shuffles."""
-    from dnntool.data.sources import Record
-
-    n = len(src.lines)
-    passes, skip = divmod(skip, n)
-    for _ in range(passes):
-        if src.shuffle:
-            src.rng.permutation(n)
-    while True:
-        order = src.rng.permutation(n) if src.shuffle else range(n)
-        for i in list(order)[skip:]:
-            name, label = src.lines[i]
-            yield Record(name, src.read(name), float(label))
-        skip = 0
-
-
-def _records_from(src, skip: int) -> Iterator:
-    from dnntool.data.sources import ImageListSource, LmdbSource
-
-    if isinstance(src, LmdbSource):
-        return _lmdb_records(src, skip)
-    if isinstance(src, ImageListSource):
-        return _list_records(src, skip)
-    it = src.records(cycle=True)
-    for _ in range(skip):
-        next(it)
-    return it
-
-
 class SourceStream:
-    """A Data or ImageData layer: transformed (data, label) batches from batch ``start`` on."""
+    """A Data or ImageData layer: transformed (data, label) batches from batch ``start`` on.
+
+    Rank ``rank`` of ``world`` reads records rank, rank + world, rank + 2 world, ... of the
+    single-process stream (its batch k holds positions rank + world (k batch + i)), so batch k of
+    all ranks together is batches k world ... k world + world - 1 of one process; the records
+    between are stepped over, not decoded. Crops and mirrors of batch k draw from (seed, layer,
+    k world + rank).
+    """
 
     def __init__(self, layer, net_path: str | None, phase: str, seed: int, ordinal: int, start: int = 0,
-                 prefetch: int = 4):
+                 prefetch: int = 4, rank: int = 0, world: int = 1):
         from dnntool.data.feeder import source_for_layer
         from dnntool.data.transform import Transformer
 
@@ -98,8 +56,8 @@ class SourceStream:
             self.source.close()
             raise
         self.batch = int(layer.top_shapes[0][0])
-        self.seed, self.ordinal = seed, ordinal
-        self._records = _records_from(self.source, start * self.batch)
+        self.seed, self.ordinal, self.rank, self.world = seed, ordinal, rank, world
+        self._records = self.source.records(cycle=True, start=rank + world * start * self.batch, stride=world)
         self._lock = threading.Lock()
         self._prefetch = Prefetcher(self._make, start, prefetch, "dnntool-train-data")
 
@@ -108,7 +66,8 @@ class SourceStream:
 
         with self._lock:
             recs = [next(self._records) for _ in range(self.batch)]
-        rng = np.random.default_rng([self.seed, self.ordinal, k]) if self.transformer.random else None
+        rng = (np.random.default_rng([self.seed, self.ordinal, k * self.world + self.rank])
+               if self.transformer.random else None)
         b = assemble([r.key for r in recs], [r.data for r in recs], [r.label for r in recs], self.transformer,
                      rng, tuple(self.layer.top_shapes[0][1:]), getattr(self.source, "path", None), k)
         return [b.data, b.label]
@@ -122,10 +81,11 @@ class SourceStream:
 
 
 class ArrayStream:
-    """Tops fed from arrays (batches in order, wrapping, as MemoryData) or from callables."""
+    """Tops fed from arrays (batches in order, wrapping, as MemoryData) or from callables.
+    Rank ``rank`` of ``world`` takes batches rank, rank + world, ... of that sequence."""
 
-    def __init__(self, layer, feeds: list[ArrayFeed], start: int = 0):
-        self.layer, self.feeds, self.k = layer, feeds, start
+    def __init__(self, layer, feeds: list[ArrayFeed], start: int = 0, rank: int = 0, world: int = 1):
+        self.layer, self.feeds, self.k, self.rank, self.world = layer, feeds, start, rank, world
         for top, f, shape in zip(layer.top_names, feeds, layer.top_shapes, strict=True):
             if not callable(f) and (np.ndim(f) < 1 or len(f) == 0):
                 raise NetError(f"layer '{layer.name}' ({layer.type}): the array for top '{top}' is empty"
@@ -133,12 +93,13 @@ class ArrayStream:
 
     def next(self) -> list[np.ndarray]:
         out = []
+        k = self.k * self.world + self.rank
         for f, shape in zip(self.feeds, self.layer.top_shapes, strict=True):
             if callable(f):
-                out.append(np.asarray(f(self.k), np.float32))
+                out.append(np.asarray(f(k), np.float32))
                 continue
             n = int(shape[0]) if shape else 1
-            idx = (np.arange(n) + self.k * n) % len(f)
+            idx = (np.arange(n) + k * n) % len(f)
             out.append(np.asarray(f, np.float32)[idx])
         self.k += 1
         return out
@@ -148,9 +109,10 @@ class ArrayStream:
 
 
 class DummyStream:
-    """DummyData: each top from its data_filler (constant ones filled once, others every batch)."""
+    """DummyData: each top from its data_filler (constant ones filled once, others every batch).
+    Rank ``rank`` of ``world`` takes batches rank, rank + world, ... of that sequence."""
 
-    def __init__(self, layer, seed: int, ordinal: int, start: int = 0):
+    def __init__(self, layer, seed: int, ordinal: int, start: int = 0, rank: int = 0, world: int = 1):
         from dnntool.proto import caffe_pb2
 
         p = layer.param.dummy_data_param
@@ -158,13 +120,13 @@ class DummyStream:
         if len(fillers) not in (1, len(layer.tops)):
             raise NetError(f"layer '{layer.name}' (DummyData): {len(fillers)} data_filler for"
                            f" {len(layer.tops)} tops (give 1 or {len(layer.tops)})", layer=layer.name)
-        self.layer, self.seed, self.ordinal, self.k = layer, seed, ordinal, start
+        self.layer, self.seed, self.ordinal, self.k, self.rank, self.world = layer, seed, ordinal, start, rank, world
         self.fillers = [fillers[0] if len(fillers) == 1 else fillers[i] for i in range(len(layer.tops))]
 
     def next(self) -> list[np.ndarray]:
         from dnntool.net.fillers import fill
 
-        rng = np.random.default_rng([self.seed, self.ordinal, self.k])
+        rng = np.random.default_rng([self.seed, self.ordinal, self.k * self.world + self.rank])
         self.k += 1
         return [fill(f, tuple(s), rng, f"layer '{self.layer.name}' top {i}")
                 for i, (f, s) in enumerate(zip(self.fillers, self.layer.top_shapes, strict=True))]
@@ -175,9 +137,10 @@ class DummyStream:
 
 class HDF5Stream:
     """HDF5Data: the datasets named by the tops, file after file of ``source`` (needs h5py).
-    With ``shuffle`` the file order and the rows of each file are permuted on every pass."""
+    With ``shuffle`` the file order and the rows of each file are permuted on every pass. Rank
+    ``rank`` of ``world`` takes batches rank, rank + world, ... of that sequence."""
 
-    def __init__(self, layer, net_path: str | None, seed: int, start: int = 0):
+    def __init__(self, layer, net_path: str | None, seed: int, start: int = 0, rank: int = 0, world: int = 1):
         try:
             import h5py
         except ImportError:
@@ -197,7 +160,8 @@ class HDF5Stream:
             raise FormatError(f"layer '{layer.name}' (HDF5Data) source '{p.source}' lists no files")
         self.shuffle, self.rng = bool(p.shuffle), np.random.default_rng(seed)
         self.batch = int(layer.top_shapes[0][0])
-        self._rows = self._row_iter(start * self.batch)
+        self.skip = (world - 1) * self.batch  # rows of the other ranks' batches after each of ours
+        self._rows = self._row_iter((start * world + rank) * self.batch)
 
     def _load(self, path: str) -> list[np.ndarray]:
         with self.h5py.File(path, "r") as f:
@@ -230,6 +194,8 @@ class HDF5Stream:
 
     def next(self) -> list[np.ndarray]:
         rows = [next(self._rows) for _ in range(self.batch)]
+        for _ in range(self.skip):
+            next(self._rows)
         return [np.stack([r[j] for r in rows]) for j in range(len(self.layer.tops))]
 
     def close(self) -> None:
@@ -282,17 +248,27 @@ def _user_feeds(layer, data: Mapping[str, ArrayFeed] | None) -> list[ArrayFeed] 
 
 
 def net_data(net: Net, phase: str, seed: int, data: Mapping[str, ArrayFeed] | None = None,
-             start: int = 0, prefetch: int = 4, net_path: str | None = None) -> NetData:
+             start: int = 0, prefetch: int = 4, net_path: str | None = None, rank: int = 0,
+             world: int = 1) -> NetData:
     """Streams for every data layer of ``net`` whose tops feed it, positioned at batch ``start``.
 
     Args:
         data: arrays (N x ...) or callables (batch number -> batch) by top name, for MemoryData,
             Input and DummyData layers (and to override any other data layer).
-        start: the first batch number (resuming: iterations done x iter_size).
+        start: the first batch number of this rank (resuming: iterations done x iter_size).
+        rank, world: this process's share of a data-parallel run. Data and ImageData layers read
+            records rank, rank + world, ... of the single-process stream (batch ``start`` begins at
+            record rank + world x start x batch_size); arrays, callables, DummyData and HDF5Data
+            give rank r batch k = single-process batch k x world + r. Either way batch k of all
+            ranks together holds the records of single-process batches k x world ... k x world +
+            world - 1 (what iter_size = world would see). world 1 is the single-process stream.
 
     Raises:
-        NetError: a data layer that cannot be fed, naming it and what to pass.
+        NetError: a data layer that cannot be fed, naming it and what to pass; a rank outside
+            [0, world).
     """
+    if world < 1 or not 0 <= rank < world:
+        raise NetError(f"rank {rank} of world {world}: expected world >= 1 and 0 <= rank < world")
     consumed = {b for layer in net.layers for b in layer.bottoms}
     streams: list = []
     try:
@@ -301,14 +277,14 @@ def net_data(net: Net, phase: str, seed: int, data: Mapping[str, ArrayFeed] | No
                 continue
             feeds = _user_feeds(layer, data)
             if feeds is not None:
-                streams.append((layer, ArrayStream(layer, feeds, start)))
+                streams.append((layer, ArrayStream(layer, feeds, start, rank, world)))
             elif layer.type in ("Data", "ImageData"):
                 streams.append((layer, SourceStream(layer, net_path or net.source, phase, seed, ordinal,
-                                                    start, prefetch)))
+                                                    start, prefetch, rank, world)))
             elif layer.type == "DummyData":
-                streams.append((layer, DummyStream(layer, seed, ordinal, start)))
+                streams.append((layer, DummyStream(layer, seed, ordinal, start, rank, world)))
             elif layer.type == "HDF5Data":
-                streams.append((layer, HDF5Stream(layer, net_path or net.source, seed, start)))
+                streams.append((layer, HDF5Stream(layer, net_path or net.source, seed, start, rank, world)))
             else:
                 tops = ", ".join(repr(t) for t in layer.top_names)
                 raise NetError(f"layer '{layer.name}' ({layer.type}) has no source to read: pass arrays"

@@ -72,6 +72,23 @@ def test_caffe_underscore_and_gflags_spellings(tmp_path, images):
     assert caffe_pb2.Datum.FromString(read_db(tmp_path / "db2")[0][1]).channels == 1
 
 
+def test_shards_summary_json_and_pieces(tmp_path, images):
+    root, listfile = images
+    res = run("convert-images", root, listfile, tmp_path / "db", "--shards", 3)  # shard 0: positions 0, 3 (missing), 6
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[:3] == [f"wrote {tmp_path / f'db-0000{i}-of-00003'}: 2 records (3x24x32, raw)" for i in range(3)]
+    res = run("convert-images", root, listfile, tmp_path / "p", "--shard=2/3", "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["dbs"] == [{"path": str(tmp_path / "p-00002-of-00003"), "written": 2, "shape": [3, 24, 32],
+                            "shard": 2, "shards": 3}]
+    assert (data["listed"], data["written"]) == (2, 2)  # list positions 2 and 5
+    assert read_db(tmp_path / "p-00002-of-00003") == read_db(tmp_path / "db-00002-of-00003")
+    res = run("convert-images", root, listfile, tmp_path / "q", "--shard", "1/3", "--shards", 3, "-q")
+    assert res.exit_code == 0 and res.output == ""
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["a", "b"], "Error: expected ROOT LISTFILE DB, got 2 argument(s)"),
     (["--from-folders", "a", "b", "c"], "Error: expected ROOT DB (with --from-folders), got 3 argument(s)"),
@@ -79,6 +96,12 @@ def test_caffe_underscore_and_gflags_spellings(tmp_path, images):
      "Error: --resize-height and --resize-width go together (both 0 keeps the size)"),
     (["a", "b", "c", "--backend", "leveldb"], "Error: Invalid value for '--backend': 'leveldb' is not 'lmdb'."),
     (["a", "b", "c", "--resize_width=-3"], "Error: Invalid value for '--resize-width': -3 is not in the range x>=0."),
+    (["a", "b", "c", "--shards", "0"], "Error: Invalid value for '--shards': 0 is not in the range x>=1."),
+    (["a", "b", "c", "--shard", "4/4"], "Error: Invalid value for '--shard': '4/4': expected I/K with 0 <= I < K"
+     " (e.g. 0/4)"),
+    (["a", "b", "c", "--shard", "x"], "Error: Invalid value for '--shard': 'x': expected I/K with 0 <= I < K"
+     " (e.g. 0/4)"),
+    (["a", "b", "c", "--shard", "1/4", "--shards", "2"], "Error: --shard 1/4 and --shards 2 disagree on K"),
 ])
 def test_usage_errors_exit_2(args, message):
     res = run("convert-images", *args)

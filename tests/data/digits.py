@@ -55,6 +55,22 @@ def write_lmdb(path: str | Path, images: np.ndarray, labels, encoded: bool = Fal
     return keys
 
 
+def write_shards(base: Path, x: np.ndarray, y: np.ndarray, k: int) -> list[str]:
+    """Record i (key i, as convert-images numbers it) to shard i % k; returns the shard paths."""
+    from dnntool.io.shards import shard_name
+
+    paths = [shard_name(base, i, k) for i in range(k)]
+    envs = [lmdb.open(p, map_size=1 << 24) for p in paths]
+    for i, (img, label) in enumerate(zip(x, y, strict=True)):
+        d = caffe_pb2.Datum(channels=img.shape[0], height=img.shape[1], width=img.shape[2],
+                            data=img.tobytes(), label=int(label))
+        with envs[i % k].begin(write=True) as txn:
+            txn.put(key(i).encode(), d.SerializeToString())
+    for env in envs:
+        env.close()
+    return paths
+
+
 def digits_lmdb(path: str | Path, n: int | None = None, size: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """An LMDB of the first ``n`` digits; returns (images, labels)."""
     x, y = digits(n, size)

@@ -101,6 +101,10 @@ def test_options_are_checked():
         ConvertOptions(resize_height=10)
     with pytest.raises(UsageError, match="resize-mode"):
         ConvertOptions(resize_mode="stretch")
+    with pytest.raises(UsageError, match="--shard 4/4: expected I/K with 0 <= I < K"):
+        ConvertOptions(shards=4, shard=4)
+    with pytest.raises(UsageError, match="--shard 0/0"):
+        ConvertOptions(shard=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,6 +326,108 @@ def test_existing_db_needs_overwrite_and_is_replaced_only_when_complete(tmp_path
         convert_images(root, listfile, tmp_path / "notes", ConvertOptions(overwrite=True))
 
 
+# ---------------------------------------------------------------------------------------------
+# sharded output (--shards K, --shard I/K)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    """29 listed images (one missing) as one DB and as 3 shards, shuffled, with jobs 1 and 2."""
+    tmp = tmp_path_factory.mktemp("shards")
+    items = write_crops(tmp / "im", 28, 14, 18, ".png", seed=5)
+    items.insert(9, ("missing.png", 1))
+    listfile = write_list(tmp / "l.txt", items)
+    opts = {"shuffle": True, "seed": 2, "jobs": 2}
+    whole = convert_images(tmp / "im", listfile, tmp / "one", ConvertOptions(**opts))
+    split = convert_images(tmp / "im", listfile, tmp / "db", ConvertOptions(shards=3, **opts))
+    return tmp, listfile, whole, split
+
+
+def test_shards_split_the_final_order_by_position(sharded):
+    tmp, _, whole, split = sharded
+    names = [f"db-{i:05d}-of-00003" for i in range(3)]
+    assert [d.path for d in split.dbs] == [str(tmp / n) for n in names]
+    assert [(d.shard, d.shards) for d in split.dbs] == [(0, 3), (1, 3), (2, 3)]
+    shards = [read_db(tmp / n) for n in names]
+    one = read_db(tmp / "one")
+    assert [d.written for d in split.dbs] == [len(r) for r in shards] and split.written == len(one) == 28
+    assert sorted(kv for r in shards for kv in r) == one  # the union is the unsharded DB, keys and bytes
+    for i, records in enumerate(shards):  # list position j (after the shuffle) goes to shard j % 3
+        assert records and all(int(k[:8]) % 3 == i for k, _ in records)
+    assert split.to_dict()["dbs"][1] == {"path": str(tmp / names[1]), "written": len(shards[1]),
+                                         "shape": [3, 14, 18], "shard": 1, "shards": 3}
+    assert split.skipped_by_reason() == whole.skipped_by_reason() == {"missing": 1}
+
+
+@pytest.mark.parametrize("piece", [0, 1, 2])
+def test_one_piece_is_byte_identical_to_its_shard(sharded, piece):
+    tmp, listfile, _, _ = sharded
+    s = convert_images(tmp / "im", listfile, tmp / f"piece{piece}",
+                       ConvertOptions(shuffle=True, seed=2, jobs=1, shards=3, shard=piece))
+    assert [d.path for d in s.dbs] == [str(tmp / f"piece{piece}-{piece:05d}-of-00003")]
+    assert ((tmp / s.dbs[0].path / "data.mdb").read_bytes()
+            == (tmp / f"db-{piece:05d}-of-00003" / "data.mdb").read_bytes())
+
+
+def test_shards_overwrite_and_atomicity(tmp_path, photos_dir):
+    root, listfile, items = photos_dir
+    opts = {"shards": 2, "resize_height": 8, "resize_width": 8}
+    convert_images(root, listfile, tmp_path / "db", ConvertOptions(**opts))
+    before = [(tmp_path / f"db-{i:05d}-of-00002" / "data.mdb").read_bytes() for i in range(2)]
+    (tmp_path / "db-00000-of-00002").rename(tmp_path / "keep")  # only shard 1 is in the way
+    with pytest.raises(FormatError, match="db-00001-of-00002: already exists \\(use --overwrite"):
+        convert_images(root, listfile, tmp_path / "db", ConvertOptions(**opts))
+    assert sorted(os.listdir(tmp_path)) == ["db-00001-of-00002", "keep"]  # no shard 0, no temporaries
+    (tmp_path / "keep").rename(tmp_path / "db-00000-of-00002")
+    with pytest.raises(FormatError):  # fails mid-way (--strict): every old shard stays
+        convert_images(root, write_list(tmp_path / "l2.txt", [*items, ("gone.png", 0)]), tmp_path / "db",
+                       ConvertOptions(overwrite=True, strict=True, **opts))
+    assert [(tmp_path / f"db-{i:05d}-of-00002" / "data.mdb").read_bytes() for i in range(2)] == before
+    assert sorted(os.listdir(tmp_path)) == ["db-00000-of-00002", "db-00001-of-00002", "l2.txt"]
+    convert_images(root, listfile, tmp_path / "db", ConvertOptions(overwrite=True, shards=2))
+    assert datums(tmp_path / "db-00001-of-00002")[0][1].height == 24
+    with pytest.raises(UsageError, match="--shards 30: only 24 training images"):
+        convert_images(root, listfile, tmp_path / "x", ConvertOptions(shards=30))
+
+
+def test_shards_with_a_validation_split(tmp_path):
+    digits_by_class(tmp_path / "digits", per_class=6)
+    opts = {"val_split": 0.5, "seed": 1, "gray": True, "shuffle": True, "shards": 2}
+    s = convert_images(tmp_path / "digits", None, tmp_path / "all" / "train", ConvertOptions(**opts))
+    assert [(Path(d.path).name, d.written, d.shard) for d in s.dbs] == [
+        ("train-00000-of-00002", 15, 0), ("train-00001-of-00002", 15, 1), ("train_val", 30, None)]
+    p1 = convert_images(tmp_path / "digits", None, tmp_path / "p1" / "train", ConvertOptions(shard=1, **opts))
+    assert [Path(d.path).name for d in p1.dbs] == ["train-00001-of-00002"]  # the validation DB goes with piece 0
+    p0 = convert_images(tmp_path / "digits", None, tmp_path / "p0" / "train", ConvertOptions(shard=0, **opts))
+    assert [Path(d.path).name for d in p0.dbs] == ["train-00000-of-00002", "train_val"]
+    for piece, name in ((p0, "train-00000-of-00002"), (p0, "train_val"), (p1, "train-00001-of-00002")):
+        folder = Path(piece.dbs[0].path).parent
+        assert (folder / name / "data.mdb").read_bytes() == (tmp_path / "all" / name / "data.mdb").read_bytes()
+    assert (tmp_path / "p1" / "labels.txt").read_text() == (tmp_path / "all" / "labels.txt").read_text()
+
+
+def test_workers_start_after_opencv_ran_in_this_process(tmp_path):
+    # An in-process run (jobs 1) changes OpenCV's thread count; after more parallel OpenCV work,
+    # a worker that set the count again deadlocked (OpenCV's pthreads pool after fork).
+    items = write_crops(tmp_path / "im", 16, 12, 16)
+    write_list(tmp_path / "l.txt", items)
+    script = (
+        "import sys, cv2, numpy as np\n"
+        "from dnntool.tools.images import ConvertOptions, convert_images\n"
+        "root, listfile = sys.argv[1] + '/im', sys.argv[1] + '/l.txt'\n"
+        "convert_images(root, listfile, sys.argv[1] + '/a', ConvertOptions(jobs=1))\n"
+        "cv2.resize(np.zeros((2000, 2000, 3), np.uint8), (999, 999))\n"
+        "convert_images(root, listfile, sys.argv[1] + '/b', ConvertOptions(jobs=2))\n"
+    )
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], timeout=120, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert read_db(tmp_path / "a") == read_db(tmp_path / "b")
+
+
 def test_stale_temporaries_are_removed(tmp_path, photos_dir):
     root, listfile, _ = photos_dir
     dead = 2**22 + 12345  # above pid_max's default: no such process
@@ -465,3 +571,16 @@ def test_chunk_starts_and_datum_view(tmp_path):
     c, h, wd, off, ln, enc = datum_view(d.SerializeToString())
     assert (c, h, wd, ln, enc) == (3, 2, 1, 6, True) and d.SerializeToString()[off:off + ln] == b"abcdef"
     assert datum_view(caffe_pb2.Datum(float_data=[1.0]).SerializeToString()) is None
+
+
+def test_mean_of_the_shards_is_the_mean_of_the_whole(tmp_path, sharded):
+    tmp, _, _, _ = sharded
+    whole = compute_image_mean([tmp / "one"], jobs=1)
+    parts = compute_image_mean([tmp / f"db-{i:05d}-of-00003" for i in range(3)], jobs=2)
+    assert parts.count == whole.count and parts.shape == whole.shape
+    np.testing.assert_allclose(parts.mean, whole.mean, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(parts.channel_std, whole.channel_std, rtol=0, atol=1e-6)
+    assert np.array_equal(parts.mean, whole.mean)  # integer sums merge exactly
+    write_mean(whole, str(tmp_path / "whole.binaryproto"))
+    write_mean(parts, str(tmp_path / "parts.binaryproto"))
+    assert (tmp_path / "whole.binaryproto").read_bytes() == (tmp_path / "parts.binaryproto").read_bytes()
