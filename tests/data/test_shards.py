@@ -71,11 +71,27 @@ def test_shards_read_round_robin_give_the_unsharded_order(dbs):
     got = [next(chunks) for _ in range(3)]  # the feeder's grouped reads wrap the same way
     assert [k for keys, _, _ in got for k in keys] == [key(i % 11) for i in range(12)]
     np.testing.assert_array_equal(np.concatenate([data for _, data, _ in got]), x[np.arange(12) % 11])
-    one.close()
-    spec.close()  # (LMDB opens a database once per process)
     listed = LmdbSource(",".join(str(d / f"db-{i:05d}-of-00003") for i in range(3)))
     assert [r.key for r in listed.records()] == [key(i) for i in range(11)]
-    listed.close()
+    for src in (one, spec, listed):
+        src.close()
+
+
+def test_sources_of_one_path_share_it(dbs):
+    """LMDB opens a path once per process: a TRAIN and a TEST net, or the ranks of a run, share it."""
+    import dnntool.data.sources as sources
+
+    d, _, _ = dbs
+    first, again = LmdbSource(d / "db"), LmdbSource(f"{d / 'db'},{d / 'db'}")
+    assert [r.key for r in again.records()] == [key(i // 2) for i in range(22)]
+    assert first.envs[0] is again.envs[0] is again.envs[1]
+    env = first.envs[0]
+    first.close()
+    assert next(again.records()).key == key(0)  # still open for the other reader
+    again.close()
+    assert all(entry[0] is not env for entry in sources._SHARED.values())
+    with pytest.raises(lmdb.Error, match="closed"):  # closed with the last reader
+        env.stat()
 
 
 @pytest.mark.parametrize("src_name", ["db", "db@3"])

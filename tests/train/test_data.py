@@ -110,12 +110,13 @@ def data_net(layer: str) -> Net:
 
 
 def ranked(net: Net, world: int, batches: int, start: int = 0, **kw) -> list[list[dict]]:
-    """``batches`` batches of every rank (rank-major)."""
-    out = []
-    for rank in range(world):
-        with net_data(net, "train", 5, start=start, rank=rank, world=world, **kw) as d:
-            out.append([d.next() for _ in range(batches)])
-    return out
+    """``batches`` batches of every rank (rank-major), the ranks' streams open at the same time."""
+    streams = [net_data(net, "train", 5, start=start, rank=rank, world=world, **kw) for rank in range(world)]
+    try:
+        return [[d.next() for _ in range(batches)] for d in streams]
+    finally:
+        for d in streams:
+            d.close()
 
 
 def single(net: Net, batches: int, **kw) -> list[dict]:
