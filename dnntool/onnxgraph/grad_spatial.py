@@ -132,9 +132,9 @@ def conv_data_grad(g: GraphBuilder, dy: str, w: str, xs, ys, k, s, d, p, group: 
     col2im), or, for stride 1, a Conv of dY with the flipped, in/out-swapped weights and padding
     d(k-1)-p (im2col of Cout*k^2 x H*W, then a GEMM). The Conv is taken where its im2col is at most
     twice the transposed conv's column buffer and the image has at least 64 pixels; on 18 shapes
-    measured (benchmarks/RESULTS.md, Training) this rule picks the faster one every time, e.g.
-    Conv/ConvTranspose time 0.71 for CIFAR10-quick conv2, 0.77 conv3, 1.66 LeNet conv2 (ratio 5.6),
-    1.33 for 3x3 128->128 on 7x7.
+    measured (benchmarks/RESULTS.md, Training) this rule picks the faster one, or one within 2%,
+    e.g. Conv/ConvTranspose time 0.71 for CIFAR10-quick conv2, 0.77 conv3, 1.66 LeNet conv2
+    (ratio 5.6), 1.33 for 3x3 128->128 on 7x7.
     """
     nsp = len(k)
     cout, cin = ys[1], xs[1]

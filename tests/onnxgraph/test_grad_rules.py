@@ -61,3 +61,36 @@ def test_every_op_of_trainable_layers_has_a_rule_or_marker():
     missing = sorted(emitted - set(RULES) - NOT_DIFFERENTIABLE)
     assert not missing, f"ops without a gradient rule or marker: {missing}"
     assert {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "Gemm", "Softmax"} <= emitted
+
+
+def _ops(build) -> list[str]:
+    g = GraphBuilder("choice")
+    build(g)
+    return [n.op_type for n in g.nodes]
+
+
+def test_convolution_gradient_formulations_chosen_per_shape():
+    """The static per-shape rules (benchmarks/RESULTS.md, Training) pick, for CIFAR10-quick conv2,
+    the flipped-weight Conv for dX and the split Gemm for dW; for LeNet conv2 ConvTranspose and
+    im2col; for CIFAR10-quick conv1 (3 channels) im2col, as patches x dY^T."""
+    from dnntool.onnxgraph.grad_spatial import conv_data_grad, conv_weight_grad
+
+    cifar2 = ((100, 32, 16, 16), (100, 32, 16, 16), [5, 5], [2, 2, 2, 2])
+    lenet2 = ((64, 20, 12, 12), (64, 50, 8, 8), [5, 5], [0, 0, 0, 0])
+    cifar1 = ((100, 3, 32, 32), (100, 32, 32, 32), [5, 5], [2, 2, 2, 2])
+
+    def dx(xs, ys, k, p):
+        return _ops(lambda g: conv_data_grad(g, "dy", "w", xs, ys, k, [1, 1], [1, 1], p, 1))
+
+    def dw(xs, ys, k, p):
+        return _ops(lambda g: conv_weight_grad(g, "x", "dy", xs, ys, k, [1, 1], [1, 1], p, 1))
+
+    assert "Conv" in dx(*cifar2) and "ConvTranspose" not in dx(*cifar2)
+    assert "ConvTranspose" in dx(*lenet2)
+    assert "Gemm" in dw(*cifar2) and "Conv" not in dw(*cifar2)
+    assert "Conv" in dw(*lenet2) and "Gemm" not in dw(*lenet2)
+    g = GraphBuilder("choice")
+    conv_weight_grad(g, "x", "dy", *cifar1[:3], [1, 1], [1, 1], cifar1[3], 1)
+    made = {o: n for n in g.nodes for o in n.output}
+    first = next(n for n in g.nodes if n.op_type == "Transpose")  # the MatMul's transposed operand
+    assert "Conv" in [n.op_type for n in g.nodes] and made[first.input[0]].input[0] == "dy"
