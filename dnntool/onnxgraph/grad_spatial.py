@@ -196,25 +196,26 @@ def _first_match(g: GraphBuilder, taps: list, top: str, grad: str) -> list[str]:
 
 def _scatter_rows(g: GraphBuilder, parts: list[str], n: int, c: int, oh: int, w: int, k: int, s: int,
                   pad: int, h: int) -> str:
-    """dX (N, C, H, W) from the per-tap gradients (N, C, OH, W) of row taps r = s*o + t - pad:
-    taps of one phase t % s are shifted by t // s and summed, then the phases are interleaved."""
-    q = (k - 1) // s
+    """dX (N, C, H, W) from the per-tap gradients (N, C, OH, W) of row taps r = s*o + t - pad: the
+    taps of one phase t % s, moved down t // s rows (Pad, negative where the windows overhang the
+    input), are summed, then the phases are interleaved (Concat + Reshape)."""
+    rows = -(-(pad + h) // s)  # rows of each phase covering the padded input
     phases = []
     for a in range(min(k, s)):
-        terms = [g.op1("Pad", [parts[t], g.const([0, 0, t // s, 0, 0, 0, q - t // s, 0])]) if q else parts[t]
-                 for t in range(a, k, s)]
+        terms = []
+        for t in range(a, k, s):
+            down, end = t // s, rows - oh - t // s
+            terms.append(parts[t] if not down and not end else
+                         g.op1("Pad", [parts[t], g.const([0, 0, down, 0, 0, 0, end, 0])]))
         phases.append(terms[0] if len(terms) == 1 else g.op1("Sum", terms))
-    rows = (oh + q) * s
     if s == 1:
         full = phases[0]
     else:
         full = g.op1("Concat", [g.op1("Unsqueeze", [p, g.const([3])]) for p in phases], axis=3)
         if len(phases) < s:  # stride > kernel: rows between windows get nothing
             full = g.op1("Pad", [full, g.const([0, 0, 0, 0, 0, 0, 0, 0, s - len(phases), 0])])
-        full = g.reshape(full, [n, c, rows, w])
-    if rows < pad + h:
-        full = g.op1("Pad", [full, g.const([0, 0, 0, 0, 0, 0, pad + h - rows, 0])])
-    if pad or rows != h:
+        full = g.reshape(full, [n, c, rows * s, w])
+    if pad or rows * s != h:
         full = g.op1("Slice", [full, g.const([pad]), g.const([pad + h]), g.const([2])])
     return full
 
@@ -255,7 +256,7 @@ def maxpool_grad(g: GraphBuilder, x: str, y: str, dy: str, xs, ys, kernel, strid
     if kh == 1 and sh == 1 and oh == h:
         dz = dy
     else:
-        end = max(0, sh * (oh - 1) + kh - h - pt)
+        end = max(0, sh * (oh - 1) + kh - 1 - h - pt)  # rows past the input read by a tap before the last
         zp = g.op1("Pad", [z, g.const([0, 0, pt, 0, 0, 0, end, 0]), g.scalar(FLT_LOWEST)]) if pt or end else z
         rows = [g.op1("Slice", [zp, g.const([t]), g.const([t + sh * (oh - 1) + 1]), g.const([2]), g.const([sh])])
                 for t in range(kh - 1)] + [None]
