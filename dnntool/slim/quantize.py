@@ -206,14 +206,15 @@ def quantize_int8(model, batches: Sequence[dict], keep: set[str] = frozenset(), 
 # -- the command ----------------------------------------------------------------------------------
 def _abs_prototxt(net: Net, path: Path) -> str:
     """The net written to ``path`` with its data sources and mean files made absolute."""
-    from dnntool.data.feeder import resolve_path
+    from dnntool.data.feeder import resolve_path, resolve_source
     from dnntool.io.prototxt import write_prototxt
 
     param = type(net.param_proto)()
     param.CopyFrom(net.param_proto)
     for lp in param.layer:
-        if lp.data_param.source:
-            lp.data_param.source = os.path.abspath(resolve_path(lp.data_param.source, net.source))
+        if lp.data_param.source:  # one DB, a list or DB@K: each shard made absolute
+            lp.data_param.source = ",".join(os.path.abspath(p) for p in resolve_source(lp.data_param.source,
+                                                                                      net.source))
         if lp.transform_param.mean_file:
             lp.transform_param.mean_file = os.path.abspath(resolve_path(lp.transform_param.mean_file, net.source))
     write_prototxt(param, path)

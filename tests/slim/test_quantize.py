@@ -134,3 +134,27 @@ def test_outputs_are_deterministic(tmp_path, digits_bn):
         for name in ("a", "b"):
             quantize_files(digits_bn.net, digits_bn.weights, tmp_path / f"{name}.onnx", dtype, batches=0, **kw)
         assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes(), dtype
+
+
+def test_side_by_side_reads_a_sharded_test_db(tmp_path, digits_bn):
+    """--test-db DB@2: the shards of the test DB, read round-robin, score as the DB itself (the
+    scored net's sources are made absolute shard by shard)."""
+    import lmdb
+
+    from dnntool.io.shards import shard_name
+
+    env = lmdb.open(str(digits_bn.test_db), readonly=True, lock=False)
+    with env.begin() as txn:
+        items = list(txn.cursor())
+    env.close()
+    for k in range(2):
+        out = lmdb.open(shard_name(tmp_path / "test_lmdb", k, 2), map_size=1 << 24)
+        with out.begin(write=True) as txn:
+            for key, value in items[k::2]:
+                txn.put(key, value)
+        out.close()
+    whole = quantize_files(digits_bn.net, digits_bn.weights, tmp_path / "a.onnx", "int8", calib_batches=2,
+                           test_db=str(digits_bn.test_db), batches=0)
+    shards = quantize_files(digits_bn.net, digits_bn.weights, tmp_path / "b.onnx", "int8", calib_batches=2,
+                            test_db=f"{tmp_path / 'test_lmdb'}@2", batches=0)
+    assert shards.rows == whole.rows and shards.extra["test_images"] == whole.extra["test_images"]
