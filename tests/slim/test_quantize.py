@@ -137,8 +137,7 @@ def test_outputs_are_deterministic(tmp_path, digits_bn):
 
 
 def test_side_by_side_reads_a_sharded_test_db(tmp_path, digits_bn):
-    """--test-db DB@2: the shards of the test DB, read round-robin, score as the DB itself (the
-    scored net's sources are made absolute shard by shard)."""
+    """--test-db DB@2: the shards of the test DB, read round-robin, score as the DB itself."""
     import lmdb
 
     from dnntool.io.shards import shard_name
