@@ -22,6 +22,8 @@ PATCH_LIMIT = 1 << 26
 
 #: "auto" (the rules below), "split", "im2col" or "transposed": how conv_weight_grad computes dW
 DW_FORM = "auto"
+#: the split formulation's shifted copies are made per batch chunk of about this many values
+SPLIT_CHUNK = 3 << 20
 
 
 def conv_weight_grad(g: GraphBuilder, x: str, dy: str, xs, ys, k, s, d, p, group: int) -> str:
@@ -54,7 +56,16 @@ def conv_weight_grad(g: GraphBuilder, x: str, dy: str, xs, ys, k, s, d, p, group
         fewer_copies = splittable and (k[0] * cout + k[1] * cin) * (xs[2] + p[0] + p[2]) <= cin * kk * ys[2]
         form = "split" if fewer_copies else "im2col" if fits else "transposed"
     if form == "split" and splittable:
-        return _conv_weight_grad_split(g, x, dy, xs, ys, k, d, p)
+        # cache-sized batch chunks: CIFAR10-quick conv2 (10.2M values) in 4, 15.5 -> 14.0 ms; conv3 (4.6M) whole
+        buffers = (k[0] * cout + k[1] * cin) * n * (xs[2] + p[0] + p[2]) * ys[3]
+        chunks = min(n, -(-buffers // SPLIT_CHUNK)) if buffers > 2 * SPLIT_CHUNK else 1
+        if chunks == 1:
+            return _conv_weight_grad_split(g, x, dy, xs, ys, k, d, p)
+        sizes = [n // chunks + (j < n % chunks) for j in range(chunks)]
+        xparts = g.op("Split", [x, g.const(sizes)], chunks, axis=0)
+        dyparts = g.op("Split", [dy, g.const(sizes)], chunks, axis=0)
+        return g.op1("Sum", [_conv_weight_grad_split(g, a, b, (m, *xs[1:]), (m, *ys[1:]), k, d, p)
+                             for a, b, m in zip(xparts, dyparts, sizes, strict=True)])
     if form in ("split", "im2col") and nsp == 2:
         cg, og = cin // group, cout // group
         onehot = np.zeros((cin * kk, 1, *k), g.dtype)

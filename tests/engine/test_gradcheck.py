@@ -165,15 +165,17 @@ def test_dropout_backward_uses_the_forward_mask():
     np.testing.assert_allclose(dx, rr * mask / 0.6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("form", ["im2col", "transposed", "split"])
+@pytest.mark.parametrize("form", ["im2col", "transposed", "split", "split_chunked"])
 @pytest.mark.parametrize("name", ["conv", "conv_stride_odd", "conv_group_dil", "conv_hw", "conv_1x1_wide", "conv_dil_rect",
                                   "depthwise", "deconv_group", "deconv_s1"])
 def test_conv_weight_gradient_formulations(name, form, monkeypatch):
     """Each formulation of a convolution's weight gradient, forced (split only where it applies:
-    stride 1, one group; the others fall back to im2col)."""
+    stride 1, one group; the others fall back to im2col), split also in batch chunks."""
     from dnntool.onnxgraph import grad_spatial
 
-    monkeypatch.setattr(grad_spatial, "DW_FORM", form)
+    monkeypatch.setattr(grad_spatial, "DW_FORM", form.removesuffix("_chunked"))
+    if form.endswith("_chunked"):  # one batch chunk per image
+        monkeypatch.setattr(grad_spatial, "SPLIT_CHUNK", 1)
     _, text, shapes = next(c for c in CASES if c[0] == name)
     net = build_net(text, shapes, phase="train")
     check_layer_gradient(net, _feeds(net))
