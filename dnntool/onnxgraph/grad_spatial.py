@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dnntool.onnxgraph.builder import GraphBuilder
+from dnntool.onnxgraph.builder import GraphBuilder, onnx_dtype
 
 #: the lowest float32: Caffe's max pooling starts from -FLT_MAX, and padding must never win
 FLT_LOWEST = float(np.finfo(np.float32).min)
@@ -186,23 +186,27 @@ def _selection(n_in: int, k: int, s: int, pad: int, n_out: int) -> np.ndarray:
     return sel
 
 
-def _first_match(g: GraphBuilder, taps: list, top: str, grad: str) -> list[str]:
-    """``grad`` masked per tap: where the tap is the first (in order) to equal ``top``, the taps' max.
+def _first_masks(g: GraphBuilder, taps: list, top: str) -> list[str]:
+    """Boolean masks, one per tap: the tap is the first (in order) to equal ``top``, the taps' max.
 
     The last tap takes what no earlier tap took, since one of the taps equals their maximum, so
-    the last entry of ``taps`` is never read (None will do).
+    the last entry of ``taps`` is never read (None will do). At least two taps.
     """
     free, out = None, []
-    for t, tap in enumerate(taps):
-        if t == len(taps) - 1:
-            out.append(grad if free is None else g.op1("Where", [free, grad, g.scalar(0.0)]))
-            break
+    for tap in taps[:-1]:
         hit = g.op1("Equal", [tap, top])
         if free is not None:
             hit = g.op1("And", [hit, free])
         free = g.op1("Not", [hit]) if free is None else g.op1("Xor", [free, hit])
-        out.append(g.op1("Where", [hit, grad, g.scalar(0.0)]))
-    return out
+        out.append(hit)
+    return [*out, free]
+
+
+def _first_match(g: GraphBuilder, taps: list, top: str, grad: str) -> list[str]:
+    """``grad`` masked per tap by :func:`_first_masks` (the one tap's gradient when there is one)."""
+    if len(taps) == 1:
+        return [grad]
+    return [g.op1("Where", [m, grad, g.scalar(0.0)]) for m in _first_masks(g, taps, top)]
 
 
 def _scatter_rows(g: GraphBuilder, parts: list[str], n: int, c: int, oh: int, w: int, k: int, s: int,
@@ -242,10 +246,10 @@ def maxpool_grad(g: GraphBuilder, x: str, y: str, dy: str, xs, ys, kernel, strid
     back by phase with Pad/Sum/Concat), and the column stage routes dZ to the first column tap
     equal to Z (taps by MatMuls with a 0/1 selection matrix, contiguous output) and puts the taps
     back with one MatMul by the transposed selection. Measured on 2 cores (ms): CIFAR10-quick pool1
-    (N100 C32 32x32, 3/2) 31.5 -> 17.1 against strided slices of the padded input compared with y
-    and a one-hot depthwise ConvTranspose scatter (19.6 with Z the Max of k_w MatMul taps); LeNet
-    pool1 2.7 -> 2.0, pool2 1.2 -> 0.8. The 0/1 MatMuls read and write values exactly for finite
-    inputs (x * 1 + 0 * others).
+    (N100 C32 32x32, 3/2) 31 -> 16 against strided slices of the padded input compared with y and
+    a one-hot depthwise ConvTranspose scatter; LeNet pool1 2.7 -> 2.0, pool2 1.2 -> 0.8
+    (benchmarks/RESULTS.md, Training). The 0/1 MatMuls read and write values exactly for finite
+    inputs (x * 1 + 0 * others), and so does the mask Mul (dZ * 1 or dZ * 0).
     """
     n, c, h, w = xs
     oh, ow = ys[2], ys[3]
@@ -275,8 +279,13 @@ def maxpool_grad(g: GraphBuilder, x: str, y: str, dy: str, xs, ys, kernel, strid
     if cols is None:
         return dz
     dz2 = g.reshape(dz, [n * c * h, ow])
-    parts = _first_match(g, taps, z2, dz2) if kw > 1 else [dz2]
-    dx = g.op1("MatMul", [g.op1("Concat", parts, axis=1) if kw > 1 else parts[0], g.const(np.ascontiguousarray(cols.T))])
+    if kw > 1 and ow >= 16:  # masks stacked as bytes, one broadcast Mul: CIFAR10-quick pool1 10.3 -> 6.6 ms
+        masks = g.op1("Concat", [g.op1("Unsqueeze", [m, g.const([1])]) for m in _first_masks(g, taps, z2)], axis=1)
+        picked = g.op1("Mul", [g.op1("Cast", [masks], to=onnx_dtype(g.dtype)), g.op1("Unsqueeze", [dz2, g.const([1])])])
+        dz2 = g.reshape(picked, [n * c * h, kw * ow])
+    elif kw > 1:  # short rows: the broadcast costs more (LeNet pool2, OW 4: 0.51 -> 1.03 ms)
+        dz2 = g.op1("Concat", _first_match(g, taps, z2, dz2), axis=1)
+    dx = g.op1("MatMul", [dz2, g.const(np.ascontiguousarray(cols.T))])
     return g.reshape(dx, [n, c, h, w])
 
 

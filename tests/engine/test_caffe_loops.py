@@ -25,6 +25,7 @@ POOL_CASES = [
     ("max_stride_gt_kernel", "pool: MAX kernel_size: 2 stride: 3", (1, 2, 7, 7), ((2, 2), (3, 3), (0, 0), "MAX")),
     ("max_window_past_image", "pool: MAX kernel_size: 1 stride: 2", (1, 2, 6, 5), ((1, 1), (2, 2), (0, 0), "MAX")),
     ("max_1x1", "pool: MAX kernel_size: 3 stride: 2 pad: 1", (1, 3, 1, 1), ((3, 3), (2, 2), (1, 1), "MAX")),
+    ("max_wide_rows", "pool: MAX kernel_size: 3 stride: 2", (1, 2, 5, 37), ((3, 3), (2, 2), (0, 0), "MAX")),
     ("max_floor", "pool: MAX kernel_size: 3 stride: 2 round_mode: FLOOR", (1, 2, 8, 8),
      ((3, 3), (2, 2), (0, 0), "MAX", False)),
     ("ave_ceil_overhang", "pool: AVE kernel_size: 3 stride: 2", (2, 2, 6, 6), ((3, 3), (2, 2), (0, 0), "AVE")),
