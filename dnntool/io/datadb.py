@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
@@ -365,16 +366,15 @@ def lmdb_entries(path: str | os.PathLike[str]) -> int:
         env.close()
 
 
-def chunk_starts(path: str | os.PathLike[str], every: int) -> list[bytes]:
-    """The first key of every run of ``every`` records, in key order (a keys-only scan)."""
+def chunk_starts(path: str | os.PathLike[str], every: int) -> Iterator[bytes]:
+    """The first key of every run of ``every`` records, in key order, found as they are asked
+    for (a keys-only scan, which still touches each record's first page: about 5 us a record)."""
     env = open_lmdb(path)
     try:
         with env.begin() as txn:
-            starts = []
             for i, key in enumerate(txn.cursor().iternext(keys=True, values=False)):
                 if i % every == 0:
-                    starts.append(bytes(key))
-            return starts
+                    yield bytes(key)
     finally:
         env.close()
 

@@ -1,16 +1,20 @@
 """The mean image of LMDBs of Datums: the library half of ``compute-image-mean``.
 
 Caffe's compute_image_mean sums every record into float32 (which drifts on large sets) and
-fails without naming the record whose size differs. Here uint8 pixels are summed exactly in
-integers (uint16 within a task, uint64 across tasks), float_data in float64; per-channel sums of
-squares give the standard deviation; encoded records are decoded natively (as Caffe does) in
-worker processes; several databases merge their sums.
+fails without naming the record whose size differs. Here uint8 pixels are summed exactly
+(float32 holds their integer sums up to 65,793 records, float64 beyond), float_data in float64;
+per-channel sums of squares give the standard deviation; encoded records are decoded natively (as
+Caffe does); several databases merge their sums. Raw records are read in place from LMDB's pages
+(no protobuf parse, no copy). With --jobs 1 each database is one pass in this process; with more,
+worker processes take runs of MEAN_CHUNK records, found by a walk over the keys that goes on while
+they work, and hand their sums back through shared memory.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +34,9 @@ from dnntool.tools.parallel import OrderedMap, resolve_jobs
 
 Progress = Callable[[int, int], None]
 
-MEAN_CHUNK = 256  # records per task; at most 257 keeps the uint16 partial sums exact
+MEAN_CHUNK = 256  # records between progress updates in this process; the smallest task
+MAX_CHUNK = 4096  # the largest task (each costs the workers about a millisecond)
+EXACT32 = 65793  # records whose uint8 sums float32 holds exactly: 255 * 65793 < 2**24
 
 
 @dataclass
@@ -55,24 +61,28 @@ class MeanResult:
 
 
 class _Sums:
-    """Partial sums over records of one shape: uint8 pixels in exact integers (uint16 within a
-    task, uint64 across tasks), float_data in float64, per-channel sums of squares in float64."""
+    """Partial sums over records of one shape, in C x H x W order: per-pixel sums of uint8
+    records in float32 (``cv2.accumulate``; exact integers for up to ``EXACT32`` records), flushed
+    into float64 with float_data records (exact integers below 2^53); per-channel sums of squares
+    in float64 (``cv2.norm`` NORM_L2SQR per plane).
 
-    def __init__(self, shape: tuple[int, int, int]):
+    ``acc`` may be a caller's buffer (a shared-memory slot the parent reads without pickling);
+    it is zeroed here.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], acc=None):
+        c, h, w = shape
         self.shape = shape
-        self.n = shape[0] * shape[1] * shape[2]
-        self.chw: np.ndarray | None = None  # raw records, C x H x W order
-        self.hwc: np.ndarray | None = None  # decoded records, H x W x C order (no transposes)
-        self.flt: np.ndarray | None = None  # float_data records
-        self.sq = np.zeros(shape[0], np.float64)
+        self.n = c * h * w
+        self.acc: np.ndarray | None = None  # float32, (C*H) x W
+        if acc is not None:
+            self.acc = np.frombuffer(acc, np.float32, self.n).reshape(c * h, w)
+            self.acc.fill(0)
+        self.pending = 0  # records in acc since its last flush into wide
+        self.wide: np.ndarray | None = None  # float64, C*H*W
+        self.sq = np.zeros(c, np.float64)
+        self._sqs: list[list[float]] = []  # per-record sums of squares, not yet added to sq
         self.count = self.encoded = 0
-
-    def _acc(self, name: str, dtype) -> np.ndarray:
-        a = getattr(self, name)
-        if a is None:
-            a = np.zeros(self.n, dtype)
-            setattr(self, name, a)
-        return a
 
     def check(self, shape, key: bytes, db: str, ref_key: bytes) -> None:
         if tuple(shape) != self.shape:
@@ -81,61 +91,84 @@ class _Sums:
                 f" {fmt_dims(self.shape)}; every record must have one size (convert with"
                 " --resize-height/--resize-width)", SourceLoc(db))
 
+    def _pixels(self) -> np.ndarray:
+        """Count one more uint8 record; the float32 sums to add it to."""
+        if self.pending == EXACT32:
+            self.flush()
+        if self.acc is None:
+            c, h, w = self.shape
+            self.acc = np.zeros((c * h, w), np.float32)
+        self.pending += 1
+        self.count += 1
+        return self.acc
+
     def add_pixels(self, a: np.ndarray) -> None:
         """One raw record: ``a`` is the flat C x H x W uint8 payload."""
         import cv2
 
-        np.add(self._acc("chw", np.uint16), a, out=self.chw)
         c, h, w = self.shape
-        planes = a.reshape(c, h, w)
-        for ch in range(c):
-            self.sq[ch] += cv2.norm(planes[ch], cv2.NORM_L2SQR)
-        self.count += 1
+        acc = self._pixels()
+        # The sums of squares first: a pure read that brings the record into the cache. (Not
+        # cv2.reduce's REDUCE_SUM2: it starts OpenCV's thread pool, which spins on the other
+        # cores and leaves processes forked later hanging.)
+        self._sqs.append([cv2.norm(p, cv2.NORM_L2SQR) for p in a.reshape(c, h, w)])
+        cv2.accumulate(a.reshape(c * h, w), acc)
 
     def add_image(self, img: np.ndarray) -> None:
-        """One decoded record: H x W (x C) uint8."""
+        """One decoded record: H x W (x C) uint8, added plane by plane."""
         import cv2
 
-        np.add(self._acc("hwc", np.uint16), img.reshape(-1), out=self.hwc)
+        h = self.shape[1]
+        acc = self._pixels()
         for ch, plane in enumerate(cv2.split(img) if img.ndim == 3 else [img]):
             self.sq[ch] += cv2.norm(plane, cv2.NORM_L2SQR)
-        self.count += 1
+            cv2.accumulate(plane, acc[ch * h:(ch + 1) * h])
         self.encoded += 1
 
     def add_floats(self, x: np.ndarray) -> None:
-        self._acc("flt", np.float64)
-        self.flt += x
+        if self.wide is None:
+            self.wide = np.zeros(self.n, np.float64)
+        self.wide += x
         p = x.reshape(self.shape[0], -1)
         self.sq += np.einsum("ij,ij->i", p, p)
         self.count += 1
 
-    def widen(self) -> _Sums:
-        for name in ("chw", "hwc"):
-            a = getattr(self, name)
-            if a is not None:
-                setattr(self, name, a.astype(np.uint64))
+    def flush(self) -> None:
+        """Move the float32 sums into float64 before they could round."""
+        if self.pending:
+            if self.wide is None:
+                self.wide = np.zeros(self.n, np.float64)
+            self.wide += self.acc.reshape(-1)
+            self.acc.fill(0)
+            self.pending = 0
+
+    def finish(self) -> _Sums:
+        if self._sqs:
+            self.sq += np.sum(self._sqs, axis=0)
+            self._sqs = []
         return self
 
-    def merge(self, other: _Sums) -> None:
-        for name in ("chw", "hwc", "flt"):
-            b = getattr(other, name)
-            if b is not None:
-                a = getattr(self, name)
-                setattr(self, name, b if a is None else a + b)
+    def merge(self, other: _Sums, acc: np.ndarray | None = None) -> None:
+        """Add ``other``'s sums; ``acc``: its float32 sums when they came back separately."""
+        other.finish()
+        acc = other.acc if acc is None else acc
+        if other.pending:
+            if self.pending + other.pending > EXACT32:
+                self.flush()
+            if self.acc is None:
+                self.acc = acc.copy()
+            else:
+                np.add(self.acc, acc, out=self.acc)
+            self.pending += other.pending
+        if other.wide is not None:
+            self.wide = other.wide if self.wide is None else self.wide + other.wide
         self.sq += other.sq
         self.count += other.count
         self.encoded += other.encoded
 
     def total(self) -> np.ndarray:
-        c, h, w = self.shape
-        t = np.zeros((c, h, w), np.float64)
-        if self.chw is not None:
-            t += self.chw.reshape(c, h, w)
-        if self.hwc is not None:
-            t += self.hwc.reshape(h, w, c).transpose(2, 0, 1)
-        if self.flt is not None:
-            t += self.flt.reshape(c, h, w)
-        return t
+        self.finish().flush()
+        return self.wide.reshape(self.shape)
 
 
 def _k(key: bytes) -> str:
@@ -194,26 +227,56 @@ def _add_record(sums: _Sums, value, key: bytes, db: str, ref_key: bytes) -> None
     sums.add_pixels(buf)
 
 
-def _mean_chunk(task) -> _Sums:
+def _scan(task, sums: _Sums, tick: Callable[[], None] | None = None) -> None:
+    """Add one task's records to ``sums``: those of ``db`` from key ``start`` (None: the first)
+    up to key ``stop`` (None: the last); ``tick()`` after every MEAN_CHUNK records."""
     db, start, stop, shape, ref_key = task
-    sums = _Sums(shape)
     n = sums.n
     head = datum_header(*shape, n)  # raw records of the reference shape start with exactly this
     k = len(head)
+    plain: set[bytes] = set()  # what follows the payload in records that hold nothing else
     with _reader(db).begin(buffers=True) as txn:
         cur = txn.cursor()
-        ok = cur.set_range(start)
+        ok = cur.first() if start is None else cur.set_range(start)
         while ok:
             key = bytes(cur.key())
             if stop is not None and key >= stop:
                 break
             value = cur.value()
-            if value[:k] == head and datum_view(bytes(value[k + n:])) == (0, 0, 0, 0, 0, False):
+            tail = bytes(value[k + n:]) if len(value) >= k + n and value[:k] == head else None
+            if tail is not None and tail not in plain and datum_view(tail) == (0, 0, 0, 0, 0, False):
+                plain.add(tail)  # label and encoded=false only
+            if tail in plain:
                 sums.add_pixels(np.frombuffer(value, np.uint8, n, k))  # fast path: no parsing
             else:
                 _add_record(sums, value, key, db, ref_key)
+            if tick is not None and sums.count % MEAN_CHUNK == 0:
+                tick()
             ok = cur.next()
-    return sums.widen()
+
+
+def _tasks(dbs: list[str], every: int, shape: tuple[int, int, int], ref_key: bytes) -> Iterator[tuple]:
+    """One task per ``every`` records. Their keys come from walks over the databases that go on
+    as the workers ask for tasks: the workers start at once and the walk overlaps their work."""
+    for db in dbs:
+        starts = chunk_starts(db, every)
+        start = next(starts, None)
+        if start is None:
+            continue
+        for stop in starts:
+            yield db, start, stop, shape, ref_key
+            start = stop
+        yield db, start, None, shape, ref_key
+
+
+def _mean_chunk(task, buf=None) -> _Sums:
+    """A worker's task: its sums, the float32 per-pixel ones in ``buf`` when there is one."""
+    sums = _Sums(task[3], buf)
+    _scan(task, sums)
+    sums.finish()
+    if buf is not None:
+        sums.acc = None  # the parent reads them from buf
+    return sums
 
 
 def _first_record_shape(db: str) -> tuple[bytes, tuple[int, int, int]]:
@@ -257,20 +320,27 @@ def compute_image_mean(dbs: list[str], jobs: int | None = None,
         if not counts[-1]:
             raise FormatError("database is empty (no records to average)", SourceLoc(db))
     ref_key, shape = _first_record_shape(dbs[0])
-    tasks = []
-    for db in dbs:
-        starts = chunk_starts(db, MEAN_CHUNK)
-        tasks += [(db, s, starts[i + 1] if i + 1 < len(starts) else None, shape, ref_key)
-                  for i, s in enumerate(starts)]
-    total, done = _Sums(shape), 0
-    jobs = min(resolve_jobs(jobs), len(tasks))
+    total, records = _Sums(shape), sum(counts)
+    jobs = resolve_jobs(jobs)
+    every = min(MAX_CHUNK, max(MEAN_CHUNK, -(-records // (2 * jobs))))  # about two tasks a worker
+    jobs = min(jobs, sum(-(-n // every) for n in counts))
+    c, h, w = shape
     try:
-        with OrderedMap(_mean_chunk, jobs) as pool:
-            for part in pool.map(tasks):
-                total.merge(part)
-                done += part.count
-                if progress is not None:
-                    progress(done, sum(counts))
+        if jobs == 1:  # each database in one pass, in this process
+            tick = None if progress is None else lambda: progress(total.count, records)
+            for db in dbs:
+                _scan((db, None, None, shape, ref_key), total, tick)
+                if tick is not None:
+                    tick()
+        else:
+            # Each task's float32 sums come back in a shared-memory slot, not through a pipe.
+            tasks = _tasks(dbs, every, shape, ref_key)
+            with closing(tasks), OrderedMap(_mean_chunk, jobs, window=2 * jobs + 2,
+                                            slot_bytes=4 * c * h * w) as pool:
+                for part, buf in pool.map(tasks):
+                    total.merge(part, None if buf is None else np.frombuffer(buf, np.float32).reshape(c * h, w))
+                    if progress is not None:
+                        progress(total.count, records)
     finally:
         _close_readers()
     sums = total.total()

@@ -506,6 +506,15 @@ def test_mean_raw_and_encoded_equal_numpy(raw_and_encoded, jobs):
     assert enc.encoded == len(x)
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_mean_in_this_process_starts_no_threads(raw_and_encoded):
+    # OpenCV's thread pool (cv2.reduce starts it) spins on the other cores, and processes forked
+    # later hang in OpenCV calls: --jobs 1 must not start it.
+    before = len(os.listdir("/proc/self/task"))
+    compute_image_mean(list(raw_and_encoded), jobs=1)
+    assert len(os.listdir("/proc/self/task")) == before
+
+
 def test_mean_of_several_dbs_merges_their_sums(tmp_path, raw_and_encoded, photos_dir):
     raw, png = raw_and_encoded
     root, _, items = photos_dir
@@ -543,6 +552,45 @@ def test_mean_exact_over_many_records(tmp_path):
     assert r.mean.ravel().tolist() == [255.0, 254.0, 1.0, sum(i % 256 for i in range(300)) / 300]
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_mean_float32_sums_flushed_before_they_round(tmp_path, monkeypatch, jobs):
+    # float32 holds 255 * 65,793 exactly; with the limit at 7 records the flushes (within a task
+    # and when merging tasks) run often. Raw, PNG and float_data records share the sums.
+    from dnntool.tools import image_mean
+
+    monkeypatch.setattr(image_mean, "EXACT32", 7)
+    monkeypatch.setattr(image_mean, "MEAN_CHUNK", 5)
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (60, 3, 4, 5), dtype=np.uint8)
+    w = LmdbWriter(tmp_path / "db")
+    for i, a in enumerate(x):
+        if i % 3 == 1:
+            d = caffe_pb2.Datum(channels=3, height=4, width=5, encoded=True,
+                                data=cv2.imencode(".png", a.transpose(1, 2, 0))[1].tobytes())
+        elif i % 10 == 2:
+            d = caffe_pb2.Datum(channels=3, height=4, width=5, float_data=a.ravel().astype(float).tolist())
+        else:
+            d = caffe_pb2.Datum(channels=3, height=4, width=5, data=a.tobytes(), label=i)
+        w.put(f"{i:08d}".encode(), d.SerializeToString())
+    w.close()
+    r = compute_image_mean([tmp_path / "db"], jobs=jobs)
+    assert r.count == 60 and r.encoded == 20
+    check_mean(r, x.astype(np.float64))
+
+
+def test_mean_float32_sums_exact_past_2_to_the_24():
+    # 70,000 records of 255: 17,850,000 is past float32's exact integers, so the sums must be
+    # flushed into float64 at EXACT32 records.
+    from dnntool.tools.image_mean import EXACT32, _Sums
+
+    sums = _Sums((1, 1, 2))
+    a = np.array([255, 1], np.uint8)
+    for _ in range(70000):
+        sums.add_pixels(a)
+    assert EXACT32 < 70000 and sums.total().ravel().tolist() == [255 * 70000, 70000]
+    assert sums.sq.tolist() == [(255 ** 2 + 1) * 70000]
+
+
 def test_mean_errors_name_the_db_and_key(tmp_path):
     w = LmdbWriter(tmp_path / "mixed")
     for i, (h, wd) in enumerate([(4, 4), (4, 4), (4, 5)]):
@@ -566,7 +614,7 @@ def test_chunk_starts_and_datum_view(tmp_path):
     for i in range(10):
         w.put(f"{i:02d}".encode(), b"")
     w.close()
-    assert chunk_starts(tmp_path / "db", 4) == [b"00", b"04", b"08"]
+    assert list(chunk_starts(tmp_path / "db", 4)) == [b"00", b"04", b"08"]
     d = caffe_pb2.Datum(channels=3, height=2, width=1, data=b"abcdef", label=-3, encoded=True)
     c, h, wd, off, ln, enc = datum_view(d.SerializeToString())
     assert (c, h, wd, ln, enc) == (3, 2, 1, 6, True) and d.SerializeToString()[off:off + ln] == b"abcdef"
