@@ -34,14 +34,17 @@ def cli(paths, npy, fmt, backend, jobs, as_json, quiet):
     Example:
       dnntool compute-image-mean train_lmdb mean.binaryproto
       dnntool compute-image-mean shard0_lmdb shard1_lmdb mean.binaryproto --npy mean.npy --format json
+      dnntool compute-image-mean train_lmdb@4 mean.binaryproto      # the 4 shards of --shards 4
     """
     from dnntool.cli._progress import progress_bar
     from dnntool.io.datadb import is_lmdb
+    from dnntool.io.shards import source_paths
     from dnntool.tools.image_mean import compute_image_mean, write_mean
 
     dbs, output = list(paths), None
-    if len(dbs) >= 2 and not is_lmdb(dbs[-1]) and not os.path.isdir(dbs[-1]):
-        output = dbs.pop()
+    last = dbs[-1]
+    if len(dbs) >= 2 and not is_lmdb(last) and not os.path.isdir(last) and source_paths(last) == [last]:
+        output = dbs.pop()  # the last argument is the output unless it names databases ('DB@K', 'A,B')
     with progress_bar("averaging", unit="rec", quiet=quiet) as bar:
         result = compute_image_mean(dbs, jobs=jobs, progress=bar)
     write_mean(result, output, npy)

@@ -306,10 +306,13 @@ def _first_record_shape(db: str) -> tuple[bytes, tuple[int, int, int]]:
 def compute_image_mean(dbs: list[str], jobs: int | None = None,
                        progress: Progress | None = None) -> MeanResult:
     """Mean image and per-channel mean/std over every record of ``dbs`` (sums merged: the
-    reduce step for sharded datasets). Raw uint8 ``data``, ``float_data`` and encoded records;
+    reduce step for sharded datasets; ``train_lmdb@4`` names the four shards of convert-images
+    --shards 4). Raw uint8 ``data``, ``float_data`` and encoded records;
     every record must have the shape of the first record of the first database."""
+    from dnntool.io.shards import source_paths
+
     t0 = time.perf_counter()
-    dbs = [str(d) for d in dbs]
+    dbs = [p for d in dbs for p in source_paths(d)]  # each may be a list 'A,B' or 'DB@K' of shards
     if not dbs:
         raise UsageError("no database given")
     counts = []

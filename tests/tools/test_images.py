@@ -6,6 +6,7 @@ for every pixel is ``cv2.imread`` (+ ``cv2.resize``) and numpy, never our own re
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -632,3 +633,20 @@ def test_mean_of_the_shards_is_the_mean_of_the_whole(tmp_path, sharded):
     write_mean(whole, str(tmp_path / "whole.binaryproto"))
     write_mean(parts, str(tmp_path / "parts.binaryproto"))
     assert (tmp_path / "whole.binaryproto").read_bytes() == (tmp_path / "parts.binaryproto").read_bytes()
+    spec = compute_image_mean([f"{tmp / 'db'}@3"], jobs=1)  # 'DB@K' names the K shards, as a Data source does
+    assert spec.dbs == [str(tmp / f"db-{i:05d}-of-00003") for i in range(3)] and np.array_equal(spec.mean, whole.mean)
+
+
+def test_mean_cli_takes_shard_specs_as_databases(tmp_path, sharded):
+    from click.testing import CliRunner
+
+    from dnntool.cli import cli
+
+    tmp, _, _, _ = sharded
+    spec = f"{tmp / 'db'}@3"
+    res = CliRunner().invoke(cli, ["compute-image-mean", str(tmp / "one"), spec, "--format", "json"])
+    assert res.exit_code == 0, res.output  # the last argument names databases: not the output file
+    assert len(json.loads(res.output)["dbs"]) == 4 and not Path(spec).exists()
+    res = CliRunner().invoke(cli, ["compute-image-mean", spec, str(tmp_path / "m.binaryproto"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "m.binaryproto").exists()
