@@ -48,7 +48,7 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "
 """
 
 
-def solver(tmp: Path, name: str, db: str = "train_lmdb", **fields) -> Path:
+def solver(tmp: Path, name: str, db: str = "train_lmdb", net: str = NET, **fields) -> Path:
     """A solver file over NET reading ``tmp/db`` (32 records), snapshots under ``tmp/name``."""
     train_db, test_db = tmp / db, tmp / "test_lmdb"
     if not test_db.exists():
@@ -58,7 +58,7 @@ def solver(tmp: Path, name: str, db: str = "train_lmdb", **fields) -> Path:
         base_lr=0.002, momentum=0.9, weight_decay=0.001, lr_policy="step", gamma=0.5, stepsize=20,
         max_iter=50, display=10, snapshot=25, snapshot_prefix=str(tmp / name / "s"), random_seed=7,
         test_iter=[2], test_interval=25)
-    text_format.Parse(NET % {"train": train_db, "test": test_db}, sp.net_param)
+    text_format.Parse(net % {"train": train_db, "test": test_db}, sp.net_param)
     for k, v in fields.items():
         setattr(sp, k, v)
     (tmp / name).mkdir(exist_ok=True)
@@ -135,6 +135,20 @@ def test_two_ranks_equal_one_process_with_iter_size_2(tmp_path):
     assert len(losses) == 5
     np.testing.assert_allclose(losses, [d.loss for d in single.displays], rtol=1e-4)
     assert proc.stdout.count("Test net output #0: acc = ") == 3  # 0 (test_initialization), 25, 50
+
+
+@needs_mpiexec
+def test_two_ranks_equal_iter_size_2_over_the_plain_record_order(tmp_path):
+    """Without BatchNorm (whose batch statistics depend on how records are grouped), 2 ranks over
+    the DB as it is equal one process with iter_size 2 over the same DB within float rounding: each
+    iteration's two batches hold the same 8 records, split by rank instead of by sub-batch."""
+    net = NET.replace('layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }\n', "")
+    assert "BatchNorm" not in net
+    single = train(str(solver(tmp_path, "single", net=net, iter_size=2)), device="cpu", handle_signals=False)
+    proc = mpirun(2, "train", "--solver", str(solver(tmp_path, "mpi", net=net)), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    want = {k: [np.asarray(b) for b in v] for k, v in single.weights.items()}
+    assert_close(blobs(tmp_path / "mpi" / "s_iter_50.caffemodel"), want, 1e-5)
 
 
 @needs_mpiexec
