@@ -16,7 +16,7 @@ import pytest
 from google.protobuf import text_format
 
 from dnntool.errors import DnnToolError
-from dnntool.io.caffemodel import load_weights, read_caffemodel
+from dnntool.io.caffemodel import load_weights, read_caffemodel, read_solverstate
 from dnntool.proto import caffe_pb2
 from dnntool.train import dist
 from dnntool.train.loop import train
@@ -209,9 +209,13 @@ def test_killed_rank_ends_the_job(tmp_path):
     assert proc.returncode == 1
     assert "the 2-rank training job failed" in err
     snaps = sorted((tmp_path / "kill").glob("s_iter_*.caffemodel"), key=lambda p: int(p.stem.split("_")[-1]))
-    assert snaps and not list((tmp_path / "kill").glob("*.tmp*"))
-    read_caffemodel(snaps[-1])  # complete and parseable
+    assert snaps
+    for snap in snaps:  # every file at a final name is complete (a snapshot cut short by the
+        read_caffemodel(snap)  # launcher's SIGKILL can only leave a hidden .tmp file beside them)
+        read_solverstate(snap.with_suffix(".solverstate"))
     assert load_weights(snaps[-1]).blobs["conv"][0].shape == (4, 1, 3, 3)
+    assert all(p.name.startswith(".") and p.name.endswith(".tmp") for p in (tmp_path / "kill").iterdir()
+               if not p.name.startswith("s_") and p.name != "solver.prototxt")
 
 
 # -- pieces ------------------------------------------------------------------------------------------
