@@ -1,6 +1,7 @@
 """One training iteration as ONNX Runtime work: a gradient model (forward, loss, backward, BatchNorm
-moving averages) and an update model (the solver), with weights and solver history kept as
-OrtValues between steps (IO binding) so a step moves only the batch in and the losses out.
+moving averages) and an update model (the solver), run as one fused session or, when gradients
+are summed (iter_size) or averaged (MPI) in between, as two; weights and solver history are kept
+as OrtValues between steps (IO binding) so a step moves only the batch in and the losses out.
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ CONTROL = 2
 
 
 class Trainer:
-    """Holds the two sessions, the weights and the solver history; ``step`` runs one iteration.
+    """Holds the session(s), the weights and the solver history; ``step`` runs one iteration.
 
     Weights, BatchNorm statistics and solver history live as OrtValues on the session's device
     between steps; each step binds them (IO binding) with the batch, and the outputs of one run
