@@ -10,6 +10,7 @@ from google.protobuf.message import DecodeError
 
 from dnntool.errors import FormatError, SourceLoc
 from dnntool.io.atomic import write_bytes
+from dnntool.io.datadb import bytes_field
 from dnntool.proto import caffe_pb2
 
 _LEGACY = ("num", "channels", "height", "width")
@@ -57,18 +58,9 @@ def array_to_blob(arr: np.ndarray, legacy: bool = False) -> caffe_pb2.BlobProto:
     if a.size:
         payload = np.ascontiguousarray(a, dtype=dtype).tobytes()
         number = caffe_pb2.BlobProto.DESCRIPTOR.fields_by_name[field].number
-        blob.MergeFromString(_varint(number << 3 | 2) + _varint(len(payload)) + payload)
+        blob.MergeFromString(bytes_field(number, payload))
     return blob
 
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, n = n & 0x7F, n >> 7
-        if not n:
-            out.append(low)
-            return bytes(out)
-        out.append(low | 0x80)
 
 
 def read_binaryproto(path: str | os.PathLike[str]) -> np.ndarray:

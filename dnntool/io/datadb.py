@@ -85,6 +85,11 @@ def varint(n: int) -> bytes:
         out.append(low | 0x80)
 
 
+def bytes_field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (wire type 2): tag, length, bytes."""
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
 def datum_header(channels: int, height: int, width: int, data_len: int) -> bytes:
     """Datum wire bytes before the payload: channels (1), height (2), width (3), data tag+length (4)."""
     return (b"\x08" + varint(channels) + b"\x10" + varint(height) + b"\x18" + varint(width)

@@ -158,24 +158,16 @@ def _legacy_chw(shape: Sequence[int]) -> tuple[int, int, int]:
     return c, h, w
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, n = n & 0x7F, n >> 7
-        if not n:
-            out.append(low)
-            return bytes(out)
-        out.append(low | 0x80)
-
 
 def float_datum(chw: tuple[int, int, int], values: np.ndarray, label: int = 0) -> bytes:
     """A serialized Datum holding ``values`` in float_data (packed: what every protobuf parser reads)."""
+    from dnntool.io.datadb import bytes_field
     from dnntool.proto import caffe_pb2
 
     d = caffe_pb2.Datum(channels=chw[0], height=chw[1], width=chw[2], label=label)
     payload = np.ascontiguousarray(values, "<f4").tobytes()
     number = caffe_pb2.Datum.DESCRIPTOR.fields_by_name["float_data"].number
-    return d.SerializeToString() + _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    return d.SerializeToString() + bytes_field(number, payload)
 
 
 class _LmdbFeatures:
