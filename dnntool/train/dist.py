@@ -26,27 +26,29 @@ from collections.abc import Sequence
 
 from dnntool.errors import DnnToolError, UsageError
 
-#: environment variables by which MPI launchers tell a process its world size
-_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "MV2_COMM_WORLD_SIZE")
+#: environment variables by which MPI launchers (MPICH/Intel MPI's PMI, Open MPI, MVAPICH) tell a
+#: process its world size and rank
+_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
 _ALIGN = 16  # floats: each blob's slice of the fused buffer starts on a 64-byte boundary
+
+
+def _announced(names: Sequence[str], default: int) -> int:
+    for var in names:
+        v = os.environ.get(var)
+        if v and v.isdigit():
+            return int(v)
+    return default
 
 
 def launched_size() -> int:
     """The world size an MPI launcher announced in the environment (1 when not under MPI)."""
-    for var in _SIZE_VARS:
-        v = os.environ.get(var)
-        if v and v.isdigit():
-            return int(v)
-    return 1
+    return _announced(_SIZE_VARS, 1)
 
 
 def launched_rank() -> int:
     """This process's rank as the MPI launcher announced it (0 when not under MPI)."""
-    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_RANK"):
-        v = os.environ.get(var)
-        if v and v.isdigit():
-            return int(v)
-    return 0
+    return _announced(_RANK_VARS, 0)
 
 
 def _mpi():

@@ -234,11 +234,11 @@ class Trainer:
             kind, key = name.split("::", 1)
             src = grads[key] if kind == "grad" else self._ov[key] if kind == "bn" else None
             fb.view(name)[...] = src.numpy() if src is not None else sums.get(key, 0.0)
-        fb.extra[:] = np.asarray(control, np.float32) * world
+        fb.extra[:] = control
         t0 = time.perf_counter()
         self.comm.allreduce(fb.data)
         self.allreduce_seconds += time.perf_counter() - t0
-        fb.data *= np.float32(1.0 / world)
+        fb.data[:fb.extra_at] *= np.float32(1.0 / world)
         for name in fb.slices:
             kind, key = name.split("::", 1)
             if kind == "grad":  # on the CPU the OrtValue shares the buffer until the update reads it

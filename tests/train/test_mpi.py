@@ -89,7 +89,7 @@ def batch_interleaved(tmp: Path, world: int = 2, batch: int = 4) -> str:
 
 
 def dnntool(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE")}
+    env = {k: v for k, v in os.environ.items() if k not in dist._SIZE_VARS + dist._RANK_VARS}
     return subprocess.run([sys.executable, "-m", "dnntool", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
@@ -230,8 +230,7 @@ def test_fused_buffer_aligns_every_slice():
 
 
 def test_launcher_environment(monkeypatch):
-    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "MV2_COMM_WORLD_SIZE",
-                "PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_RANK"):
+    for var in dist._SIZE_VARS + dist._RANK_VARS:
         monkeypatch.delenv(var, raising=False)
     assert dist.launched_size() == 1 and dist.launched_rank() == 0 and dist.Comm.detect() is None
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
