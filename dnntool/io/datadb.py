@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
@@ -356,7 +355,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading: counts, chunk boundaries and a zero-copy view of raw Datum records.
+# Reading: counts, key-range splits and a zero-copy view of raw Datum records.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -371,17 +370,50 @@ def lmdb_entries(path: str | os.PathLike[str]) -> int:
         env.close()
 
 
-def chunk_starts(path: str | os.PathLike[str], every: int) -> Iterator[bytes]:
-    """The first key of every run of ``every`` records, in key order, found as they are asked
-    for (a keys-only scan, which still touches each record's first page: about 5 us a record)."""
+def key_splits(path: str | os.PathLike[str], parts: int) -> list[bytes]:
+    """Up to ``parts - 1`` stored keys that cut the database into runs of about equal width in
+    key space, in order, without a walk over the records: points evenly spaced between the first
+    and last key (read as base-256 numbers after their common prefix) moved to the first stored
+    key at or after each. The runs always cover every record once; for keys like Caffe's
+    ``%08d_name`` (and their shards) they also hold about equal numbers of records."""
+    if parts <= 1:
+        return []
     env = open_lmdb(path)
     try:
-        with env.begin() as txn:
-            for i, key in enumerate(txn.cursor().iternext(keys=True, values=False)):
-                if i % every == 0:
-                    yield bytes(key)
+        with env.begin(buffers=True) as txn:
+            cur = txn.cursor()
+            if not cur.first():
+                return []
+            lo = bytes(cur.key())
+            cur.last()
+            hi = bytes(cur.key())
+            points = _key_points(lo, hi, parts)
+            splits: list[bytes] = []
+            for point in points:
+                if cur.set_range(point):
+                    key = bytes(cur.key())
+                    if key > lo and (not splits or key > splits[-1]):
+                        splits.append(key)
+            return splits
     finally:
         env.close()
+
+
+def _key_points(lo: bytes, hi: bytes, parts: int) -> list[bytes]:
+    """``parts - 1`` keys evenly spaced from ``lo`` up to just past ``hi``: after their common prefix, a
+    run of decimal digits of one length in both (Caffe's ``%08d_`` keys) is read in base 10, else
+    the bytes in base 256."""
+    p = 0
+    while p < min(len(lo), len(hi)) and lo[p] == hi[p]:
+        p += 1
+    digits = len(lo) - p - len(lo[p:].lstrip(b"0123456789"))
+    if digits and digits == len(hi) - p - len(hi[p:].lstrip(b"0123456789")):
+        a, b = int(lo[p:p + digits]), int(hi[p:p + digits])
+        return [lo[:p] + b"%0*d" % (digits, a + (b + 1 - a) * i // parts) for i in range(1, parts)]
+    m = min(max(len(lo), len(hi)) - p, 16)  # 16 bytes resolve any practical count
+    a = int.from_bytes(lo[p:p + m].ljust(m, b"\0"), "big")
+    b = int.from_bytes(hi[p:p + m].ljust(m, b"\0"), "big")
+    return [lo[:p] + (a + (b + 1 - a) * i // parts).to_bytes(m, "big") for i in range(1, parts)]
 
 
 def datum_view(value) -> tuple[int, int, int, int, int, bool] | None:

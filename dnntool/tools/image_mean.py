@@ -6,31 +6,31 @@ fails without naming the record whose size differs. Here uint8 pixels are summed
 per-channel sums of squares give the standard deviation; encoded records are decoded natively (as
 Caffe does); several databases merge their sums. Raw records are read in place from LMDB's pages
 (no protobuf parse, no copy). With --jobs 1 each database is one pass in this process; with more,
-worker processes take runs of MEAN_CHUNK records, found by a walk over the keys that goes on while
-they work, and hand their sums back through shared memory.
+worker processes take key ranges (cut by interpolating between the first and last keys: no walk)
+and hand their sums back through shared memory.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable, Iterator
-from contextlib import closing
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from dnntool.errors import FormatError, SourceLoc, UsageError
 from dnntool.io.datadb import (
-    chunk_starts,
     datum_header,
     datum_view,
     is_lmdb,
+    key_splits,
     lmdb_entries,
     open_lmdb,
     parse_datum,
 )
 from dnntool.tools.images import decode_image, fmt_dims, image_shape
-from dnntool.tools.parallel import OrderedMap, resolve_jobs
+from dnntool.tools.parallel import Team, resolve_jobs
 
 Progress = Callable[[int, int], None]
 
@@ -255,28 +255,18 @@ def _scan(task, sums: _Sums, tick: Callable[[], None] | None = None) -> None:
             ok = cur.next()
 
 
-def _tasks(dbs: list[str], every: int, shape: tuple[int, int, int], ref_key: bytes) -> Iterator[tuple]:
-    """One task per ``every`` records. Their keys come from walks over the databases that go on
-    as the workers ask for tasks: the workers start at once and the walk overlaps their work."""
-    for db in dbs:
-        starts = chunk_starts(db, every)
-        start = next(starts, None)
-        if start is None:
-            continue
-        for stop in starts:
-            yield db, start, stop, shape, ref_key
-            start = stop
-        yield db, start, None, shape, ref_key
-
-
-def _mean_chunk(task, buf=None) -> _Sums:
-    """A worker's task: its sums, the float32 per-pixel ones in ``buf`` when there is one."""
-    sums = _Sums(task[3], buf)
-    _scan(task, sums)
-    sums.finish()
-    if buf is not None:
-        sums.acc = None  # the parent reads them from buf
-    return sums
+def _tasks(dbs: list[str], counts: list[int], jobs: int, shape: tuple[int, int, int],
+           ref_key: bytes) -> list[tuple]:
+    """Key ranges of each database for a team of ``jobs`` processes: at least eight a member (so a slow or short
+    range evens out), at most about MAX_CHUNK records each, none under MEAN_CHUNK. Found by
+    interpolating between the first and last keys (``key_splits``), not by a walk, which costs
+    the parent a page fault a record while the workers wait."""
+    tasks = []
+    for db, n in zip(dbs, counts, strict=False):
+        parts = min(-(-n // MEAN_CHUNK), max(8 * jobs, -(-n // MAX_CHUNK)))
+        bounds = [None, *key_splits(db, parts), None]
+        tasks += [(db, start, stop, shape, ref_key) for start, stop in itertools.pairwise(bounds)]
+    return tasks
 
 
 def _first_record_shape(db: str) -> tuple[bytes, tuple[int, int, int]]:
@@ -325,27 +315,37 @@ def compute_image_mean(dbs: list[str], jobs: int | None = None,
     ref_key, shape = _first_record_shape(dbs[0])
     total, records = _Sums(shape), sum(counts)
     jobs = resolve_jobs(jobs)
-    every = min(MAX_CHUNK, max(MEAN_CHUNK, -(-records // (2 * jobs))))  # about two tasks a worker
-    jobs = min(jobs, sum(-(-n // every) for n in counts))
+    if jobs > 1:
+        tasks = _tasks(dbs, counts, jobs, shape, ref_key)
+    else:  # each database in one pass
+        tasks = [(db, None, None, shape, ref_key) for db in dbs]
     c, h, w = shape
-    try:
-        if jobs == 1:  # each database in one pass, in this process
-            tick = None if progress is None else lambda: progress(total.count, records)
-            for db in dbs:
-                _scan((db, None, None, shape, ref_key), total, tick)
-                if tick is not None:
-                    tick()
-        else:
-            # Each task's float32 sums come back in a shared-memory slot, not through a pipe.
-            tasks = _tasks(dbs, every, shape, ref_key)
-            with closing(tasks), OrderedMap(_mean_chunk, jobs, window=2 * jobs + 2,
-                                            slot_bytes=4 * c * h * w) as pool:
-                for part, buf in pool.map(tasks):
-                    total.merge(part, None if buf is None else np.frombuffer(buf, np.float32).reshape(c * h, w))
-                    if progress is not None:
-                        progress(total.count, records)
-    finally:
-        _close_readers()
+    # This process and jobs - 1 forked children share the key ranges; each child's float32 sums
+    # come back in a shared-memory slot, the rest (small) through a pipe.
+    team = Team(jobs, tasks, slot_bytes=4 * c * h * w)
+
+    def member(team: Team, buf) -> _Sums:
+        sums = total if buf is None else _Sums(shape, buf)
+
+        def tick() -> None:
+            done = team.add_done(MEAN_CHUNK)
+            if buf is None and progress is not None:
+                progress(min(done, records), records)
+
+        try:
+            while (task := team.claim()) is not None:
+                _scan(task, sums, tick)
+        finally:
+            _close_readers()
+        sums.finish()
+        if buf is not None:
+            sums.acc = None  # the parent reads them from buf
+        return sums
+
+    for part, buf in team.run(member)[1:]:
+        total.merge(part, np.frombuffer(buf, np.float32).reshape(c * h, w))
+    if progress is not None:
+        progress(total.count, records)
     sums = total.total()
     mean = sums / total.count
     pixels = total.count * shape[1] * shape[2]

@@ -1,4 +1,5 @@
-"""Ordered parallel map over worker processes: bounded memory, shared-memory results, clean interrupts."""
+"""Work on all cores: an ordered parallel map over worker processes (bounded memory, shared-memory
+results, clean interrupts) and a team of forked processes sharing one task list."""
 
 from __future__ import annotations
 
@@ -122,6 +123,124 @@ class OrderedMap:
                 shared.close()
             self.token = None
         self.local = None
+
+
+class Team:
+    """This process and ``jobs - 1`` forked children work through one list of tasks together.
+
+    Each member takes the next task nobody has taken yet (``claim``), so a slower core or a
+    longer task evens out, and returns one result for all its tasks: no result per task crosses a
+    pipe, and this process works instead of waiting. ``run(func)`` calls ``func(team, buf)`` in
+    every member, where ``buf`` is a child's ``slot_bytes`` of shared memory for bulky results
+    (None in this process), and returns ``[(result, buf)]``, this process's first. ``add_done(n)``
+    counts finished items across the team (for a progress bar drawn here).
+
+    Children ignore SIGINT and die with this process; an exception in any member is raised here
+    after the others are killed. Where processes cannot fork (Windows), this process does every
+    task. Fork with no LMDB environment or OpenCV thread pool open here: children must open their
+    own.
+    """
+
+    def __init__(self, jobs: int, tasks: list, slot_bytes: int = 0):
+        self.tasks = list(tasks)
+        self.jobs = max(1, min(jobs, len(self.tasks)))
+        if "fork" not in mp.get_all_start_methods():
+            self.jobs = 1
+        self.slot_bytes = slot_bytes
+        self._next = self._done = None
+        self._local = [0, 0]  # next task, items done: when there are no children
+        if self.jobs > 1:
+            ctx = mp.get_context("fork")
+            self._next, self._done = ctx.Value("q", 0), ctx.Value("q", 0)
+
+    def claim(self):
+        """The next task nobody has taken, or None when all are taken."""
+        if self._next is None:
+            i = self._local[0]
+            self._local[0] += 1
+        else:
+            with self._next.get_lock():
+                i = self._next.value
+                self._next.value = i + 1
+        return self.tasks[i] if i < len(self.tasks) else None
+
+    def add_done(self, n: int) -> int:
+        """Count ``n`` more finished items; the team's total so far."""
+        if self._done is None:
+            self._local[1] += n
+            return self._local[1]
+        with self._done.get_lock():
+            self._done.value += n
+            return self._done.value
+
+    def run(self, func: Callable) -> list:
+        size = self.slot_bytes
+        shared = mmap.mmap(-1, (self.jobs - 1) * size) if size and self.jobs > 1 else None
+        children: list[tuple[int, int]] = []  # (pid, read end of its result pipe)
+        parent = os.getpid()
+        try:
+            for r in range(self.jobs - 1):
+                rd, wr = os.pipe()
+                pid = os.fork()
+                if pid == 0:
+                    os.close(rd)
+                    for _, fd in children:
+                        os.close(fd)
+                    buf = memoryview(shared)[r * size:(r + 1) * size] if shared is not None else None
+                    _team_child(self, func, buf, wr, parent)
+                os.close(wr)
+                children.append((pid, rd))
+            out = [(func(self, None), None)]
+            for r, (pid, rd) in enumerate(children):
+                status, value = _read_result(rd, pid)
+                if status != "ok":
+                    raise value
+                out.append((value, memoryview(shared)[r * size:(r + 1) * size] if shared is not None else None))
+            return out
+        except BaseException:
+            for pid, _ in children:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            raise
+        finally:
+            for pid, rd in children:
+                with contextlib.suppress(OSError):
+                    os.close(rd)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+
+
+def _team_child(team: Team, func: Callable, buf, wr: int, parent: int) -> None:
+    """A forked member: run, send ``(status, value)`` back pickled, and exit without cleanup."""
+    import pickle
+
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _die_with_parent(parent)
+        try:
+            result = ("ok", func(team, buf))
+        except BaseException as e:  # every failure goes back to the parent
+            result = ("error", e)
+        try:
+            data = pickle.dumps(result)
+        except Exception:  # an exception that does not pickle: its text
+            data = pickle.dumps(("error", RuntimeError(f"{type(result[1]).__name__}: {result[1]}")))
+        view = memoryview(data)
+        while view:
+            view = view[os.write(wr, view):]
+    finally:
+        os._exit(0)
+
+
+def _read_result(fd: int, pid: int) -> tuple[str, object]:
+    import pickle
+
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    if not chunks:
+        return "error", RuntimeError(f"a worker process (pid {pid}) died without a result")
+    return pickle.loads(b"".join(chunks))
 
 
 def _slot_view(token: int | None, slot: int) -> memoryview | None:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from dnntool.errors import FormatError, UsageError
-from dnntool.io.datadb import LmdbWriter, StagedDb, chunk_starts, datum_view
+from dnntool.io.datadb import LmdbWriter, StagedDb, datum_view, key_splits, open_lmdb
 from dnntool.proto import caffe_pb2
 from dnntool.tools.image_mean import compute_image_mean, write_mean
 from dnntool.tools.images import (
@@ -592,6 +592,29 @@ def test_mean_float32_sums_exact_past_2_to_the_24():
     assert sums.sq.tolist() == [(255 ** 2 + 1) * 70000]
 
 
+@pytest.mark.parametrize("bad", [3, 58])
+def test_mean_error_in_any_worker_names_the_key(tmp_path, monkeypatch, bad):
+    # 60 records in 12 key ranges shared by 2 processes: a record of another size at the start or
+    # the end fails the run with the same one-line message as --jobs 1, wherever it was read.
+    from dnntool.tools import image_mean
+
+    monkeypatch.setattr(image_mean, "MEAN_CHUNK", 5)
+    w = LmdbWriter(tmp_path / "db")
+    for i in range(60):
+        wd = 5 if i == bad else 4
+        w.put(f"{i:08d}_k".encode(), caffe_pb2.Datum(channels=1, height=4, width=wd,
+                                                     data=bytes(4 * wd)).SerializeToString())
+    w.close()
+    msgs = []
+    for jobs in (1, 2):
+        with pytest.raises(FormatError) as e:
+            compute_image_mean([tmp_path / "db"], jobs=jobs)
+        msgs.append(str(e.value))
+    assert msgs[0] == msgs[1] == (f"{tmp_path / 'db'}: record '{bad:08d}_k' is 1x4x5 but the first record"
+                                  " '00000000_k' is 1x4x4; every record must have one size (convert"
+                                  " with --resize-height/--resize-width)")
+
+
 def test_mean_errors_name_the_db_and_key(tmp_path):
     w = LmdbWriter(tmp_path / "mixed")
     for i, (h, wd) in enumerate([(4, 4), (4, 4), (4, 5)]):
@@ -610,12 +633,54 @@ def test_mean_errors_name_the_db_and_key(tmp_path):
         compute_image_mean([tmp_path / "nowhere"])
 
 
-def test_chunk_starts_and_datum_view(tmp_path):
-    w = LmdbWriter(tmp_path / "db")
-    for i in range(10):
-        w.put(f"{i:02d}".encode(), b"")
+def _runs(db, splits) -> list[list[bytes]]:
+    """The records of each key range [split i, split i+1)."""
+    env = open_lmdb(db)
+    with env.begin() as txn:
+        keys = [bytes(k) for k in txn.cursor().iternext(values=False)]
+    env.close()
+    bounds = [None, *splits, None]
+    return [[k for k in keys if (a is None or k >= a) and (b is None or k < b)]
+            for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def _db_of(path, keys) -> Path:
+    w = LmdbWriter(path)
+    for k in keys:
+        w.put(k, b"v")
     w.close()
-    assert list(chunk_starts(tmp_path / "db", 4)) == [b"00", b"04", b"08"]
+    return path
+
+
+def test_key_splits_cover_every_record_once(tmp_path):
+    rng = np.random.default_rng(5)
+    for trial in range(20):  # random binary keys of random lengths: any split is valid, none lost
+        keys = sorted({bytes(rng.integers(0, 256, rng.integers(1, 6), dtype=np.uint8)) for _ in range(300)})
+        db = _db_of(tmp_path / f"r{trial}", keys)
+        for parts in (1, 2, 7, 50, 1000):
+            splits = key_splits(db, parts)
+            assert splits == sorted(set(splits)) and set(splits) <= set(keys) and keys[0] not in splits
+            assert len(splits) < parts or parts == 1
+            runs = _runs(db, splits)
+            assert [k for r in runs for k in r] == keys and all(runs)
+    assert key_splits(_db_of(tmp_path / "one", [b"k"]), 8) == []
+    assert key_splits(_db_of(tmp_path / "empty", []), 8) == []
+
+
+def test_key_splits_balance_caffe_keys(tmp_path):
+    # convert_imageset's keys (%08d_<file>), and a shard of them (every 3rd index): equal runs
+    # without reading the records, as the workers of compute-image-mean need.
+    keys = [f"{i:08d}_img {i}.jpg".encode() for i in range(1000)]
+    runs = _runs(_db_of(tmp_path / "db", keys), key_splits(tmp_path / "db", 8))
+    assert [len(r) for r in runs] == [125] * 8
+    shard = keys[1::3]
+    runs = _runs(_db_of(tmp_path / "shard", shard), key_splits(tmp_path / "shard", 4))
+    assert len(runs) == 4 and max(len(r) for r in runs) - min(len(r) for r in runs) <= 1
+    keys = [b"%02d" % i for i in range(10)]
+    assert key_splits(_db_of(tmp_path / "small", keys), 4) == [b"02", b"05", b"07"]
+
+
+def test_datum_view():
     d = caffe_pb2.Datum(channels=3, height=2, width=1, data=b"abcdef", label=-3, encoded=True)
     c, h, wd, off, ln, enc = datum_view(d.SerializeToString())
     assert (c, h, wd, ln, enc) == (3, 2, 1, 6, True) and d.SerializeToString()[off:off + ln] == b"abcdef"
