@@ -336,7 +336,8 @@ def compute_image_mean(dbs: list[str], jobs: int | None = None,
             while (task := team.claim()) is not None:
                 _scan(task, sums, tick)
         finally:
-            _close_readers()
+            if buf is None:  # a child's map goes with the child: no munmap before its result
+                _close_readers()
         sums.finish()
         if buf is not None:
             sums.acc = None  # the parent reads them from buf

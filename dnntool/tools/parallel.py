@@ -228,6 +228,7 @@ def _team_child(team: Team, func: Callable, buf, wr: int, parent: int) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(wr, view):]
+        os.close(wr)  # the parent reads to the end now, not after this process's memory is torn down
     finally:
         os._exit(0)
 
