@@ -46,6 +46,36 @@ def providers_for(device: Device) -> list:
     return [("CUDAExecutionProvider", {"device_id": device.index}), "CPUExecutionProvider"]
 
 
+_BLOCK: list[int] = []
+
+
+def nchwc_block() -> int:
+    """Channels a block of onnxruntime's NCHWc CPU kernels on this machine (8 with AVX2, 16 with
+    AVX-512), read off a one-node ReorderInput; 0 where this build has no such kernels."""
+    if not _BLOCK:
+        import numpy as np
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        from dnntool.onnxgraph.builder import IR_VERSION, OPSET
+        from dnntool.onnxgraph.nchwc import DOMAIN
+
+        g = helper.make_graph([helper.make_node("ReorderInput", ["x"], ["y"], domain=DOMAIN)], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 1, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)])
+        m.ir_version = IR_VERSION
+        try:
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 4
+            sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            block = int(sess.run(None, {"x": np.zeros((1, 4, 1, 1), np.float32)})[0].shape[1])
+        except Exception:  # no NCHWc kernels in this build (ARM without them, other providers)
+            block = 0
+        _BLOCK.append(block if block in (8, 16) else 0)
+    return _BLOCK[0]
+
+
 def set_seed(seed: int) -> None:
     """Seed onnxruntime's default generator (training Dropout masks draw from it)."""
     import onnxruntime as ort
@@ -54,14 +84,15 @@ def set_seed(seed: int) -> None:
 
 
 def make_session(model, device: str | Device = "auto", threads: int | None = None,
-                 profile_prefix: str | None = None, spinning: bool = True):
+                 profile_prefix: str | None = None, spinning: bool = True, nchwc: bool = True):
     """An InferenceSession for a ModelProto, bytes or path; returns (session, provider that runs it).
 
     ``spinning=False`` stops idle worker threads spinning between runs: training alternates
     sessions (gradient and update models, train and test nets) and the spinning pools of idle
     sessions fight for the cores (a 3x loss on 2 cores). A lone session keeps onnxruntime's default
     (spinning), which saves the thread wake-up on every run (15% of a 3 ms LeNet batch).
-    ``profile_prefix`` turns on onnxruntime's profiler.
+    ``profile_prefix`` turns on onnxruntime's profiler. On the CPU, convolutions whose weights are
+    graph inputs (training) run in onnxruntime's blocked layout (``nchwc``; see onnxgraph/nchwc.py).
     """
     import onnxruntime as ort
 
@@ -76,8 +107,12 @@ def make_session(model, device: str | Device = "auto", threads: int | None = Non
         opts.profile_file_prefix = profile_prefix
     if threads:
         opts.intra_op_num_threads = threads
-    data = model.SerializeToString() if hasattr(model, "SerializeToString") else model
     providers = providers_for(dev)  # its own clear error when CUDA is asked for and absent
+    if nchwc and providers == ["CPUExecutionProvider"] and hasattr(model, "graph"):
+        from dnntool.onnxgraph.nchwc import convs_to_nchwc
+
+        model = convs_to_nchwc(model, nchwc_block())
+    data = model.SerializeToString() if hasattr(model, "SerializeToString") else model
     try:
         sess = ort.InferenceSession(data, sess_options=opts, providers=providers)
     except Exception as e:  # ORT raises its own exception types for invalid models/kernels

@@ -6,6 +6,7 @@ for every pixel is ``cv2.imread`` (+ ``cv2.resize``) and numpy, never our own re
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -641,7 +642,7 @@ def _runs(db, splits) -> list[list[bytes]]:
     env.close()
     bounds = [None, *splits, None]
     return [[k for k in keys if (a is None or k >= a) and (b is None or k < b)]
-            for a, b in zip(bounds, bounds[1:], strict=False)]
+            for a, b in itertools.pairwise(bounds)]
 
 
 def _db_of(path, keys) -> Path:
