@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import helper
 
-from dnntool.onnxgraph.builder import GraphBuilder
+from dnntool.onnxgraph.builder import GraphBuilder, onnx_dtype
 from dnntool.onnxgraph.grad_spatial import (
     avgpool_grad,
     conv_data_grad,
@@ -109,7 +109,11 @@ def _identity(c):
 
 @rule("Relu")
 def _relu(c):
-    return [_mask(c, c.g.op1("Greater", [c.o(0), c.g.scalar(0.0)]), c.go())]
+    """Caffe's ``top_diff * (bottom_data > 0)``: a multiply (NaN and Inf in dY propagate as in
+    Caffe; faster than Where on onnxruntime's CPU, 0.43 -> 0.25 ms for 819K values)."""
+    g = c.g
+    pos = g.op1("Cast", [g.op1("Greater", [c.o(0), g.scalar(0.0)])], to=onnx_dtype(g.dtype))
+    return [g.op1("Mul", [c.go(), pos])]
 
 
 @rule("LeakyRelu")

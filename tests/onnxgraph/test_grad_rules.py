@@ -94,3 +94,24 @@ def test_convolution_gradient_formulations_chosen_per_shape():
     made = {o: n for n in g.nodes for o in n.output}
     first = next(n for n in g.nodes if n.op_type == "Transpose")  # the MatMul's transposed operand
     assert "Conv" in [n.op_type for n in g.nodes] and made[first.input[0]].input[0] == "dy"
+
+
+def test_relu_rule_multiplies_as_caffe():
+    # Caffe's ReLU backward is top_diff * (bottom_data > 0): Inf or NaN in dY at an inactive unit
+    # gives NaN (0 * Inf), not 0 as a select would; finite values pass or vanish exactly.
+    g = GraphBuilder("relu")
+    g.input("x", [5])
+    g.input("dy", [5])
+    y = g.op1("Relu", ["x"])
+    node = g.nodes[-1]
+    dx = RULES["Relu"](GradCtx(node=node, g=g, shapes=static_shapes(g), out_grads=["dy"]))[0]
+    g.output(g.op1("Identity", [dx], "dx"), [5])
+    g.output(y, [5])
+    sess = ort.InferenceSession(g.model().SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.array([1.0, -1.0, 0.0, 2.0, -3.0], np.float32)
+    dy = np.array([0.5, np.inf, 7.0, np.nan, -2.0], np.float32)
+    got = sess.run(["dx"], {"x": x, "dy": dy})[0]
+    with np.errstate(invalid="ignore"):
+        want = dy * (np.maximum(x, 0) > 0)
+    np.testing.assert_array_equal(got, want)
+    assert np.isnan(got[1]) and got[2] == 0.0 and np.isnan(got[3])
