@@ -81,7 +81,7 @@ class _Sums:
         self.pending = 0  # records in acc since its last flush into wide
         self.wide: np.ndarray | None = None  # float64, C*H*W
         self.sq = np.zeros(c, np.float64)
-        self._sqs: list[list[float]] = []  # per-record sums of squares, not yet added to sq
+        self._sqs: list[float] = []  # per-plane sums of squares, record after record, not yet in sq
         self.count = self.encoded = 0
 
     def check(self, shape, key: bytes, db: str, ref_key: bytes) -> None:
@@ -106,13 +106,16 @@ class _Sums:
         """One raw record: ``a`` is the flat C x H x W uint8 payload."""
         import cv2
 
-        c, h, w = self.shape
         acc = self._pixels()
+        planes = a.reshape(self.shape)
         # The sums of squares first: a pure read that brings the record into the cache. (Not
         # cv2.reduce's REDUCE_SUM2: it starts OpenCV's thread pool, which spins on the other
-        # cores and leaves processes forked later hanging.)
-        self._sqs.append([cv2.norm(p, cv2.NORM_L2SQR) for p in a.reshape(c, h, w)])
-        cv2.accumulate(a.reshape(c * h, w), acc)
+        # cores and leaves processes forked later hanging.) Flat, one value per plane; indexing
+        # the planes is a microsecond a record faster than iterating or mapping over them.
+        append, norm, l2 = self._sqs.append, cv2.norm, cv2.NORM_L2SQR
+        for i in range(self.shape[0]):
+            append(norm(planes[i], l2))
+        cv2.accumulate(planes.reshape(acc.shape), acc)
 
     def add_image(self, img: np.ndarray) -> None:
         """One decoded record: H x W (x C) uint8, added plane by plane."""
@@ -144,7 +147,7 @@ class _Sums:
 
     def finish(self) -> _Sums:
         if self._sqs:
-            self.sq += np.sum(self._sqs, axis=0)
+            self.sq += np.asarray(self._sqs).reshape(-1, self.shape[0]).sum(axis=0)
             self._sqs = []
         return self
 
@@ -235,24 +238,24 @@ def _scan(task, sums: _Sums, tick: Callable[[], None] | None = None) -> None:
     head = datum_header(*shape, n)  # raw records of the reference shape start with exactly this
     k = len(head)
     plain: set[bytes] = set()  # what follows the payload in records that hold nothing else
+    end = k + n
+    add = sums.add_pixels
     with _reader(db).begin(buffers=True) as txn:
         cur = txn.cursor()
-        ok = cur.first() if start is None else cur.set_range(start)
-        while ok:
-            key = bytes(cur.key())
-            if stop is not None and key >= stop:
+        if not (cur.first() if start is None else cur.set_range(start)):
+            return
+        for key, value in cur:  # from the cursor's place on
+            if stop is not None and bytes(key) >= stop:
                 break
-            value = cur.value()
-            tail = bytes(value[k + n:]) if len(value) >= k + n and value[:k] == head else None
+            tail = bytes(value[end:]) if len(value) >= end and value[:k] == head else None
             if tail is not None and tail not in plain and datum_view(tail) == (0, 0, 0, 0, 0, False):
                 plain.add(tail)  # label and encoded=false only
             if tail in plain:
-                sums.add_pixels(np.frombuffer(value, np.uint8, n, k))  # fast path: no parsing
+                add(np.frombuffer(value, np.uint8, n, k))  # fast path: no parsing
             else:
-                _add_record(sums, value, key, db, ref_key)
+                _add_record(sums, value, bytes(key), db, ref_key)
             if tick is not None and sums.count % MEAN_CHUNK == 0:
                 tick()
-            ok = cur.next()
 
 
 def _tasks(dbs: list[str], counts: list[int], jobs: int, shape: tuple[int, int, int],
@@ -336,8 +339,7 @@ def compute_image_mean(dbs: list[str], jobs: int | None = None,
             while (task := team.claim()) is not None:
                 _scan(task, sums, tick)
         finally:
-            if buf is None:  # a child's map goes with the child: no munmap before its result
-                _close_readers()
+            _close_readers()
         sums.finish()
         if buf is not None:
             sums.acc = None  # the parent reads them from buf
