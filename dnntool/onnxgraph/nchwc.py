@@ -60,10 +60,16 @@ def convs_to_nchwc(model: onnx.ModelProto, block: int) -> onnx.ModelProto:
     input channels a multiple or fewer; other convolutions are left as they are."""
     if block <= 1:
         return model
-    shapes = _shapes(model)
     g = model.graph
     constant = {i.name for i in g.initializer}
     constant |= {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    if not any(n.op_type == "Conv" and n.domain in ("", "ai.onnx") and len(n.input) > 1
+               and n.input[1] not in constant for n in g.node):
+        return model  # inference: constant weights, no shape inference over a large model
+    try:
+        shapes = _shapes(model)
+    except Exception:  # shape inference refused the model (too large, unknown ops): leave it
+        return model
     todo = {i for i, n in enumerate(g.node) if _eligible(n, shapes, constant, block)}
     if not todo:
         return model

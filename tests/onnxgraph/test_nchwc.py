@@ -91,3 +91,20 @@ def test_what_the_kernels_cannot_take_is_left_alone():
     grouped = _model([((2 * b, b // 2, 3, 3), {"group": 2}, False)], [2, b, 9, 9])
     assert convs_to_nchwc(grouped, b) is grouped
     assert convs_to_nchwc(grouped, 0) is grouped
+
+
+def test_inference_models_skip_shape_inference(monkeypatch):
+    # Constant weights only (every inference model): returned as is, before any shape inference
+    # (which would serialise a large model); a model shape inference refuses is left alone too.
+    from dnntool.onnxgraph import nchwc
+
+    b = BLOCK or 16
+    m = _model([((b, b, 3, 3), {}, False)], [1, b, 8, 8], constant={0: np.ones((b, b, 3, 3), np.float32)})
+
+    def refuse(model):
+        raise ValueError("no shape inference expected")
+
+    monkeypatch.setattr(nchwc, "_shapes", refuse)
+    assert convs_to_nchwc(m, b) is m
+    trained = _model([((b, b, 3, 3), {}, False)], [1, b, 8, 8])
+    assert convs_to_nchwc(trained, b) is trained
