@@ -5,9 +5,9 @@ fails without naming the record whose size differs. Here uint8 pixels are summed
 (float32 holds their integer sums up to 65,793 records, float64 beyond), float_data in float64;
 per-channel sums of squares give the standard deviation; encoded records are decoded natively (as
 Caffe does); several databases merge their sums. Raw records are read in place from LMDB's pages
-(no protobuf parse, no copy). With --jobs 1 each database is one pass in this process; with more,
-worker processes take key ranges (cut by interpolating between the first and last keys: no walk)
-and hand their sums back through shared memory.
+(no protobuf parse, no copy). With --jobs 1 each database is one pass in this process; with N,
+this process and N - 1 forked ones take key ranges in turn (cut by interpolating between the first
+and last keys: no walk), and the children hand their sums back through shared memory.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from dnntool.tools.parallel import Team, resolve_jobs
 Progress = Callable[[int, int], None]
 
 MEAN_CHUNK = 256  # records between progress updates in this process; the smallest task
-MAX_CHUNK = 4096  # the largest task (each costs the workers about a millisecond)
+MAX_CHUNK = 4096  # records in the longest key range a member takes at once
 EXACT32 = 65793  # records whose uint8 sums float32 holds exactly: 255 * 65793 < 2**24
 
 
@@ -260,12 +260,12 @@ def _scan(task, sums: _Sums, tick: Callable[[], None] | None = None) -> None:
 
 def _tasks(dbs: list[str], counts: list[int], jobs: int, shape: tuple[int, int, int],
            ref_key: bytes) -> list[tuple]:
-    """Key ranges of each database for a team of ``jobs`` processes: at least eight a member (so a slow or short
-    range evens out), at most about MAX_CHUNK records each, none under MEAN_CHUNK. Found by
-    interpolating between the first and last keys (``key_splits``), not by a walk, which costs
-    the parent a page fault a record while the workers wait."""
+    """Key ranges of each database for a team of ``jobs`` processes: at least eight a member (so
+    a slower core or range evens out), at most about MAX_CHUNK records each, none under
+    MEAN_CHUNK. Cut by interpolating between the first and last keys (``key_splits``), not by a
+    walk over the keys, which costs a page fault a record."""
     tasks = []
-    for db, n in zip(dbs, counts, strict=False):
+    for db, n in zip(dbs, counts, strict=True):
         parts = min(-(-n // MEAN_CHUNK), max(8 * jobs, -(-n // MAX_CHUNK)))
         bounds = [None, *key_splits(db, parts), None]
         tasks += [(db, start, stop, shape, ref_key) for start, stop in itertools.pairwise(bounds)]
