@@ -17,6 +17,7 @@ where the kernels are absent), and ``runtime.make_session`` applies the rewrite 
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
@@ -91,8 +92,6 @@ def convs_to_nchwc(model: onnx.ModelProto, block: int) -> onnx.ModelProto:
 
     def const(base: str, values: list[int]) -> str:
         name = fresh(base)
-        import numpy as np
-
         inits.append(numpy_helper.from_array(np.asarray(values, np.int64), name))
         return name
 
