@@ -13,7 +13,6 @@ import bisect
 import contextlib
 import itertools
 import os
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from dnntool.errors import FormatError, SourceLoc
+from dnntool.io.datadb import acquire_lmdb, release_lmdb
 from dnntool.proto import caffe_pb2
 
 
@@ -154,7 +154,7 @@ class LmdbSource:
                 if not is_lmdb(p):
                     raise FormatError("not an LMDB (no data.mdb; LevelDB is not supported"
                                       + (f"; {which})" if which else ")"), SourceLoc(p))
-                self.envs.append(_open_shared(p))
+                self.envs.append(acquire_lmdb(p))
             self.order = Interleave([int(env.stat()["entries"]) for env in self.envs])
             self.size = self.order.total
             if not self.size:
@@ -244,37 +244,8 @@ class LmdbSource:
 
     def close(self) -> None:
         for env in self.envs:
-            _close_shared(env)
+            release_lmdb(env)
         self.envs = []
-
-
-# LMDB opens a database once per process: sources reading one path (a TRAIN and a TEST net, the
-# ranks of a run in one process, a path listed twice) share its environment, closed with the last.
-_SHARED: dict[str, list] = {}  # real path -> [environment, sources using it]
-_SHARED_LOCK = threading.Lock()
-
-
-def _open_shared(path: str):
-    from dnntool.io.datadb import open_lmdb
-
-    key = os.path.realpath(path)
-    with _SHARED_LOCK:
-        entry = _SHARED.get(key)
-        if entry is None:
-            entry = _SHARED[key] = [open_lmdb(path), 0]
-        entry[1] += 1
-        return entry[0]
-
-
-def _close_shared(env) -> None:
-    with _SHARED_LOCK:
-        for key, entry in _SHARED.items():
-            if entry[0] is env:
-                entry[1] -= 1
-                if not entry[1]:
-                    del _SHARED[key]
-                    env.close()
-                return
 
 
 def _sequential(txn, skip: int, cycle: bool, path: str) -> Iterator[tuple[bytes, bytes, str]]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
@@ -18,7 +21,9 @@ def is_lmdb(path: str | os.PathLike[str]) -> bool:
 
 
 def open_lmdb(path: str | os.PathLike[str]):
-    """Open an LMDB read-only without locking (safe to share with a writer)."""
+    """Open an LMDB read-only without locking (safe to share with a writer). An environment opens
+    once per process (py-lmdb refuses a second, and a forked child inherits that refusal): readers
+    that may meet others on the same path use :func:`shared_lmdb`."""
     import lmdb
 
     p = Path(path)
@@ -27,6 +32,55 @@ def open_lmdb(path: str | os.PathLike[str]):
                          subdir=p.is_dir(), max_readers=512)
     except lmdb.Error as e:
         raise FormatError(f"cannot open LMDB: {e}", SourceLoc(str(path))) from None
+
+
+# Every read-only environment of this process, by real path: [environment, users]. A forked child
+# keeps the entries and reads through the inherited maps (read-only, no lock table), since it may
+# not open those paths again.
+_SHARED: dict[str, list] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def acquire_lmdb(path: str | os.PathLike[str]):
+    """The process's read-only environment of ``path``, opened on first use; give it back with
+    :func:`release_lmdb`, which closes it after its last user."""
+    key = os.path.realpath(path)
+    with _SHARED_LOCK:
+        entry = _SHARED.get(key)
+        if entry is None:
+            entry = _SHARED[key] = [open_lmdb(path), 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def release_lmdb(env) -> None:
+    with _SHARED_LOCK:
+        for key, entry in _SHARED.items():
+            if entry[0] is env:
+                entry[1] -= 1
+                if not entry[1]:
+                    del _SHARED[key]
+                    env.close()
+                return
+
+
+@contextmanager
+def shared_lmdb(path: str | os.PathLike[str]) -> Iterator:
+    """``with shared_lmdb(path) as env``: :func:`acquire_lmdb` and :func:`release_lmdb`."""
+    env = acquire_lmdb(path)
+    try:
+        yield env
+    finally:
+        release_lmdb(env)
+
+
+def _after_fork_in_child() -> None:
+    global _SHARED_LOCK
+    _SHARED_LOCK = threading.Lock()  # another thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def parse_datum(value: bytes, key: bytes | str, path: str | None = None) -> caffe_pb2.Datum:
@@ -42,15 +96,11 @@ def parse_datum(value: bytes, key: bytes | str, path: str | None = None) -> caff
 
 def first_datum(path: str | os.PathLike[str]) -> caffe_pb2.Datum:
     """The first record of an LMDB of Datums (what Caffe's DataLayer reads to size its top)."""
-    env = open_lmdb(path)
-    try:
-        with env.begin() as txn:
-            cur = txn.cursor()
-            if not cur.first():
-                raise FormatError("database is empty", SourceLoc(str(path)))
-            return parse_datum(cur.value(), cur.key(), str(path))
-    finally:
-        env.close()
+    with shared_lmdb(path) as env, env.begin() as txn:
+        cur = txn.cursor()
+        if not cur.first():
+            raise FormatError("database is empty", SourceLoc(str(path)))
+        return parse_datum(cur.value(), cur.key(), str(path))
 
 
 def datum_shape(d: caffe_pb2.Datum) -> tuple[int, int, int]:
@@ -363,11 +413,8 @@ def lmdb_entries(path: str | os.PathLike[str]) -> int:
     """Number of records in an LMDB (from its statistics, without a scan)."""
     if not is_lmdb(path):
         raise FormatError("no such LMDB (expected a directory holding data.mdb)", SourceLoc(str(path)))
-    env = open_lmdb(path)
-    try:
+    with shared_lmdb(path) as env:
         return int(env.stat()["entries"])
-    finally:
-        env.close()
 
 
 def key_splits(path: str | os.PathLike[str], parts: int) -> list[bytes]:
@@ -378,25 +425,20 @@ def key_splits(path: str | os.PathLike[str], parts: int) -> list[bytes]:
     ``%08d_name`` (and their shards) they also hold about equal numbers of records."""
     if parts <= 1:
         return []
-    env = open_lmdb(path)
-    try:
-        with env.begin(buffers=True) as txn:
-            cur = txn.cursor()
-            if not cur.first():
-                return []
-            lo = bytes(cur.key())
-            cur.last()
-            hi = bytes(cur.key())
-            points = _key_points(lo, hi, parts)
-            splits: list[bytes] = []
-            for point in points:
-                if cur.set_range(point):
-                    key = bytes(cur.key())
-                    if key > lo and (not splits or key > splits[-1]):
-                        splits.append(key)
-            return splits
-    finally:
-        env.close()
+    with shared_lmdb(path) as env, env.begin(buffers=True) as txn:
+        cur = txn.cursor()
+        if not cur.first():
+            return []
+        lo = bytes(cur.key())
+        cur.last()
+        hi = bytes(cur.key())
+        splits: list[bytes] = []
+        for point in _key_points(lo, hi, parts):
+            if cur.set_range(point):
+                key = bytes(cur.key())
+                if key > lo and (not splits or key > splits[-1]):
+                    splits.append(key)
+        return splits
 
 
 def _key_points(lo: bytes, hi: bytes, parts: int) -> list[bytes]:

@@ -21,13 +21,15 @@ import numpy as np
 
 from dnntool.errors import FormatError, SourceLoc, UsageError
 from dnntool.io.datadb import (
+    acquire_lmdb,
     datum_header,
     datum_view,
     is_lmdb,
     key_splits,
     lmdb_entries,
-    open_lmdb,
     parse_datum,
+    release_lmdb,
+    shared_lmdb,
 )
 from dnntool.tools.images import decode_image, fmt_dims, image_shape
 from dnntool.tools.parallel import Team, resolve_jobs
@@ -184,13 +186,13 @@ _READERS: dict = {}
 def _reader(db: str):
     env = _READERS.get(db)
     if env is None:
-        env = _READERS[db] = open_lmdb(db)
+        env = _READERS[db] = acquire_lmdb(db)
     return env
 
 
 def _close_readers() -> None:
     for env in _READERS.values():
-        env.close()
+        release_lmdb(env)
     _READERS.clear()
 
 
@@ -275,15 +277,11 @@ def _tasks(dbs: list[str], counts: list[int], jobs: int, shape: tuple[int, int, 
 def _first_record_shape(db: str) -> tuple[bytes, tuple[int, int, int]]:
     import cv2
 
-    env = open_lmdb(db)
-    try:
-        with env.begin() as txn:
-            cur = txn.cursor()
-            if not cur.first():
-                raise FormatError("database is empty (no records to average)", SourceLoc(db))
-            key, value = bytes(cur.key()), bytes(cur.value())
-    finally:
-        env.close()
+    with shared_lmdb(db) as env, env.begin() as txn:
+        cur = txn.cursor()
+        if not cur.first():
+            raise FormatError("database is empty (no records to average)", SourceLoc(db))
+        key, value = bytes(cur.key()), bytes(cur.value())
     d = parse_datum(value, key, db)
     shape = (d.channels, d.height, d.width)
     if d.encoded:

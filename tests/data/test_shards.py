@@ -79,7 +79,7 @@ def test_shards_read_round_robin_give_the_unsharded_order(dbs):
 
 def test_sources_of_one_path_share_it(dbs):
     """LMDB opens a path once per process: a TRAIN and a TEST net, or the ranks of a run, share it."""
-    import dnntool.data.sources as sources
+    import dnntool.io.datadb as datadb
 
     d, _, _ = dbs
     first, again = LmdbSource(d / "db"), LmdbSource(f"{d / 'db'},{d / 'db'}")
@@ -89,9 +89,32 @@ def test_sources_of_one_path_share_it(dbs):
     first.close()
     assert next(again.records()).key == key(0)  # still open for the other reader
     again.close()
-    assert all(entry[0] is not env for entry in sources._SHARED.values())
+    assert all(entry[0] is not env for entry in datadb._SHARED.values())
     with pytest.raises(lmdb.Error, match="closed"):  # closed with the last reader
         env.stat()
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_other_readers_of_an_open_path(dbs, jobs, monkeypatch):
+    # While a stream reads a DB, the tools that size a net or average the DB in the same process
+    # use its environment (py-lmdb refuses a second open, in forked children too: with ranges of
+    # 2 records, a child averages some of them through the map it inherited).
+    from dnntool.io.datadb import first_datum, lmdb_entries
+    from dnntool.tools import image_mean
+    from dnntool.tools.image_mean import compute_image_mean
+
+    monkeypatch.setattr(image_mean, "MEAN_CHUNK", 2)
+    d, x, _ = dbs
+    stream = LmdbSource(d / "db")
+    try:
+        records = stream.records()
+        assert next(records).key == key(0)
+        assert lmdb_entries(d / "db") == 11 and first_datum(d / "db").channels == x.shape[1]
+        r = compute_image_mean([d / "db"], jobs=jobs)
+        np.testing.assert_allclose(r.mean, x.astype(np.float64).mean(axis=0), rtol=0, atol=1e-9)
+        assert next(records).key == key(1)  # the stream reads on
+    finally:
+        stream.close()
 
 
 @pytest.mark.parametrize("src_name", ["db", "db@3"])
