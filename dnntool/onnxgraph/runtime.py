@@ -111,7 +111,13 @@ def make_session(model, device: str | Device = "auto", threads: int | None = Non
     if nchwc and providers == ["CPUExecutionProvider"] and hasattr(model, "graph"):
         from dnntool.onnxgraph.nchwc import convs_to_nchwc
 
-        model = convs_to_nchwc(model, nchwc_block())
+        blocked = convs_to_nchwc(model, nchwc_block())
+        if blocked is not model:
+            try:
+                sess = ort.InferenceSession(blocked.SerializeToString(), sess_options=opts, providers=providers)
+                return sess, sess.get_providers()[0]
+            except Exception:  # the NCHWc ops are internal to onnxruntime and may change: plain Conv
+                pass
     data = model.SerializeToString() if hasattr(model, "SerializeToString") else model
     try:
         sess = ort.InferenceSession(data, sess_options=opts, providers=providers)

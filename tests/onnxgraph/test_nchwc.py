@@ -108,3 +108,27 @@ def test_inference_models_skip_shape_inference(monkeypatch):
     assert convs_to_nchwc(m, b) is m
     trained = _model([((b, b, 3, 3), {}, False)], [1, b, 8, 8])
     assert convs_to_nchwc(trained, b) is trained
+
+
+@needs_kernels
+def test_session_falls_back_to_plain_conv(monkeypatch):
+    # The blocked ops are internal to onnxruntime: if a future release refuses the rewritten
+    # model, the session is built from the original one.
+    from dnntool.onnxgraph import nchwc
+
+    b = BLOCK
+    m = _model([((b, b, 3, 3), {}, False)], [1, b, 8, 8])
+    real = nchwc.convs_to_nchwc
+
+    def broken(model, block):
+        out = real(model, block)
+        for node in out.graph.node:
+            if node.domain == DOMAIN and node.op_type == "Conv":
+                node.attribute.append(helper.make_attribute("no_such_attribute", 1))
+        return out
+
+    monkeypatch.setattr(nchwc, "convs_to_nchwc", broken)
+    feeds = _feeds(m, np.random.default_rng(3))
+    sess, provider = make_session(m, "cpu", 1)
+    assert provider == "CPUExecutionProvider"
+    np.testing.assert_allclose(sess.run(None, feeds)[0], _run(m, feeds, False)[0], rtol=1e-5, atol=1e-5)
