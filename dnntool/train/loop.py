@@ -28,6 +28,7 @@ from dnntool.train.snapshot import (
     layer_blobs,
     read_snapshot,
     resolve_prefix,
+    sweep_unfinished,
     tensors_from,
     write_snapshot,
 )
@@ -175,6 +176,7 @@ class _Run:
                 threads = max(1, (os.cpu_count() or 1) // comm.local_size)
         self.net = build_net(nets.train[0], "train", sp.train_state, nets.train[1])
         self.prefix = resolve_prefix(sp.snapshot_prefix, nets.path)
+        self.started = time.time()  # temporary snapshot files older than this are leftovers
         values, start, history = self._initial_values(weights, snapshot)
         self.trainer = Trainer(self.net, sp, values, device, threads, comm)
         if history is not None:
@@ -341,6 +343,9 @@ class _Run:
         steps = sum(1 for v in self.sp.stepvalue if it - 1 >= v) if self.sp.lr_policy == "multistep" else 0
         if self.rank != 0:
             return
+        if not self.result.snapshots:  # the first of this run: a killed run's leftovers go
+            for path in sweep_unfinished(self.prefix, self.started):
+                self.log(f"Removed {path}, an unfinished snapshot of an earlier run")
         try:
             model, state = write_snapshot(self.prefix, it, self.net, self.trainer.weights(),
                                           self.trainer.history(), steps)

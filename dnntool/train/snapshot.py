@@ -7,6 +7,7 @@ the list of its blobs (shared blobs under every layer that uses them, as Caffe's
 
 from __future__ import annotations
 
+import glob
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -109,6 +110,24 @@ def resolve_prefix(prefix: str, solver_path: str | None) -> str:
     if p.is_dir() or prefix.endswith(("/", os.sep)):
         return str(p / stem)
     return str(p)
+
+
+def sweep_unfinished(prefix: str, before: float) -> list[str]:
+    """Remove the hidden temporary files of snapshots of ``prefix`` that a killed run left
+    (``.<name>_iter_N.caffemodel.XXXX.tmp``: SIGKILL lands between write and rename), when last
+    written before ``before`` (this run's start: another run's snapshot in flight is newer).
+    Returns the paths removed."""
+    folder, name = os.path.split(prefix)
+    removed = []
+    for ext in ("caffemodel", "solverstate"):
+        for tmp in Path(folder or ".").glob(f".{glob.escape(name)}_iter_*.{ext}.*.tmp"):
+            try:
+                if tmp.stat().st_mtime < before:
+                    tmp.unlink()
+                    removed.append(str(tmp))
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def write_snapshot(prefix: str, iteration: int, net: Net, values: dict[str, np.ndarray],

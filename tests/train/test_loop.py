@@ -109,6 +109,33 @@ def test_interrupted_snapshot_leaves_old_files_intact(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["s_iter_10.caffemodel", "s_iter_10.solverstate"]
 
 
+def test_killed_runs_unfinished_snapshots_are_removed(tmp_path):
+    # SIGKILL between write and rename leaves a hidden .tmp beside the snapshots (MPI's launcher
+    # kills every rank when one dies); the next run on the prefix removes those older than itself
+    # with its first snapshot and names them in its log. Other files, and a .tmp written after the
+    # run started (another run's snapshot in flight), stay.
+    import time
+
+    folder = tmp_path / "k"
+    folder.mkdir()
+    old = [folder / ".s_iter_20.caffemodel.x1y2.tmp", folder / ".s_iter_20.solverstate.a_b.tmp"]
+    keep = [folder / ".other_iter_20.caffemodel.x1y2.tmp", folder / "s_iter_5.caffemodel.tmp", folder / "notes.txt"]
+    for f in old + keep:
+        f.write_bytes(b"partial")
+        os.utime(f, (time.time() - 3600, time.time() - 3600))
+    fresh = folder / ".s_iter_30.caffemodel.zz.tmp"
+    lines: list[str] = []
+
+    def log(line):
+        lines.append(line)
+        if "Iteration 0," in line and not fresh.exists():
+            fresh.write_bytes(b"in flight")  # after the run started
+    run(conv_solver(tmp_path, "k/s", max_iter=10, snapshot=10, display=1), log=log)
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == sorted([fresh.name, *(f.name for f in keep), "s_iter_10.caffemodel", "s_iter_10.solverstate"])
+    assert sum("an unfinished snapshot of an earlier run" in line for line in lines) == 2
+
+
 def test_snapshot_prefix_resolution(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "exp" / "snaps").mkdir(parents=True)
