@@ -132,6 +132,20 @@ def timing_options(f):
                         help="Batches to time before and after on (0: no timing).")(f)
 
 
+def model_arguments(f):
+    """NET (prototxt) and WEIGHTS (caffemodel): what the slimming commands rewrite."""
+    f = click.argument("weights", type=click.Path(dir_okay=False))(f)
+    return click.argument("net", type=click.Path(dir_okay=False))(f)
+
+
+def report_options(f):
+    """``--input-shape``, the timing options, ``--device`` and ``--json``: the before/after report
+    every slimming command prints."""
+    for option in (json_option, device_option, timing_options, input_shape_option):
+        f = option(f)
+    return f
+
+
 def echo_report(rep, as_json: bool) -> None:
     """A slimming report as text lines or JSON."""
     import json

@@ -5,27 +5,21 @@ from __future__ import annotations
 import click
 
 from dnntool.cli._options import (
-    device_option,
     echo_report,
-    input_shape_option,
-    json_option,
+    model_arguments,
     parse_input_shapes,
-    timing_options,
+    report_options,
 )
 
 
 @click.command("decompose")
-@click.argument("net", type=click.Path(dir_okay=False))
-@click.argument("weights", type=click.Path(dir_okay=False))
+@model_arguments
 @click.option("-o", "--output", "prefix", required=True, metavar="PREFIX",
               help="Write PREFIX.prototxt and PREFIX.caffemodel.")
 @click.option("--layers", required=True, metavar="NAME,...", help="InnerProduct layers to decompose.")
 @click.option("--rank", type=click.IntRange(min=1), help="Keep this many singular values.")
 @click.option("--energy", type=float, help="Keep the smallest rank holding this fraction of sum(s^2).")
-@input_shape_option
-@timing_options
-@device_option
-@json_option
+@report_options
 def cli(net, weights, prefix, layers, rank, energy, input_shapes, batches, repeat, timing_db, device, as_json):
     """Split InnerProduct layers by truncated SVD into two smaller ones (compress_net).
 

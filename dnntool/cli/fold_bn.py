@@ -5,24 +5,18 @@ from __future__ import annotations
 import click
 
 from dnntool.cli._options import (
-    device_option,
     echo_report,
-    input_shape_option,
-    json_option,
+    model_arguments,
     parse_input_shapes,
-    timing_options,
+    report_options,
 )
 
 
 @click.command("fold-bn")
-@click.argument("net", type=click.Path(dir_okay=False))
-@click.argument("weights", type=click.Path(dir_okay=False))
+@model_arguments
 @click.option("-o", "--output", "prefix", required=True, metavar="PREFIX",
               help="Write PREFIX.prototxt and PREFIX.caffemodel.")
-@input_shape_option
-@timing_options
-@device_option
-@json_option
+@report_options
 def cli(net, weights, prefix, input_shapes, batches, repeat, timing_db, device, as_json):
     """Fold BatchNorm (and the Scale after it) into the convolution or InnerProduct before it.
 

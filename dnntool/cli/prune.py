@@ -5,12 +5,10 @@ from __future__ import annotations
 import click
 
 from dnntool.cli._options import (
-    device_option,
     echo_report,
-    input_shape_option,
-    json_option,
+    model_arguments,
     parse_input_shapes,
-    timing_options,
+    report_options,
 )
 
 
@@ -29,8 +27,7 @@ def _ratios(ctx, param, value):
 
 
 @click.command("prune")
-@click.argument("net", type=click.Path(dir_okay=False))
-@click.argument("weights", type=click.Path(dir_okay=False))
+@model_arguments
 @click.option("-o", "--output", "prefix", metavar="PREFIX", help="Write PREFIX.prototxt and PREFIX.caffemodel.")
 @click.option("--sparsity", type=float, help="Magnitude pruning: the fraction of weights set to zero.")
 @click.option("--scope", type=click.Choice(["layer", "global"]), default="layer", show_default=True,
@@ -49,10 +46,7 @@ def _ratios(ctx, param, value):
               help="--sensitivity: the ratios to try.")
 @click.option("--iterations", type=click.IntRange(min=1), help="--sensitivity: test batches (default: the"
               " database once).")
-@input_shape_option
-@timing_options
-@device_option
-@json_option
+@report_options
 def cli(net, weights, prefix, sparsity, scope, layers, structured, ratio, criterion, sensitivity, test_db,
         ratios, iterations, input_shapes, batches, repeat, timing_db, device, as_json):
     """Prune weights: zero the smallest, or remove whole filters and shrink the net.

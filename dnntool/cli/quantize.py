@@ -5,18 +5,15 @@ from __future__ import annotations
 import click
 
 from dnntool.cli._options import (
-    device_option,
     echo_report,
-    input_shape_option,
-    json_option,
+    model_arguments,
     parse_input_shapes,
-    timing_options,
+    report_options,
 )
 
 
 @click.command("quantize")
-@click.argument("net", type=click.Path(dir_okay=False))
-@click.argument("weights", type=click.Path(dir_okay=False))
+@model_arguments
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), help="The .onnx to write.")
 @click.option("--dtype", type=click.Choice(["fp16", "int8"]), required=True, help="Target precision.")
 @click.option("--calib-db", type=click.Path(), help="int8: LMDB to calibrate on (default: the"
@@ -29,10 +26,7 @@ from dnntool.cli._options import (
 @click.option("--test-db", type=click.Path(), help="Score float and quantized side by side on"
               " this LMDB (through the TEST data layer; needs an Accuracy layer or a loss to report).")
 @click.option("--iterations", type=click.IntRange(min=1), help="--test-db: batches (default: the database once).")
-@input_shape_option
-@timing_options
-@device_option
-@json_option
+@report_options
 def cli(net, weights, out, dtype, calib_db, calib_batches, calib_method, per_channel, test_db, iterations,
         input_shapes, batches, repeat, timing_db, device, as_json):
     """Quantize a net to an fp16 or static int8 ONNX model, with accuracy side by side.
