@@ -15,14 +15,12 @@ Usage: python benchmarks/analysis.py [--repeat 7] [--zoo ../shared/zoo]
 
 from __future__ import annotations
 
-import argparse
 import re
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
-from common import ZOO_DEFAULT, timed  # benchmarks/common.py
+from common import timed, zoo_args  # benchmarks/common.py
 
 NETS = {
     "ResNet-152": "resnet/prototxt/ResNet-152-deploy.prototxt",
@@ -49,13 +47,8 @@ def import_seconds(args: list[str], repeat: int) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=7)
-    ap.add_argument("--zoo", default=ZOO_DEFAULT)
-    args = ap.parse_args()
-    zoo = Path(args.zoo)
-    if not zoo.is_dir():
-        print(f"zoo not found at {zoo}; pass --zoo", file=sys.stderr)
+    args, zoo = zoo_args(__doc__, 7)
+    if zoo is None:
         return 2
     py = sys.executable
     start = timed([py, "-c", "pass"], args.repeat)

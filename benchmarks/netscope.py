@@ -13,12 +13,11 @@ Usage: python benchmarks/netscope.py [--repeat 5] [--zoo ../shared/zoo]
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
 
-from common import ZOO_DEFAULT, timed  # benchmarks/common.py
+from common import timed, zoo_args  # benchmarks/common.py
 
 NETS = {
     "ResNet-152": "resnet/prototxt/ResNet-152-deploy.prototxt",
@@ -30,13 +29,8 @@ FORMATS = ("html", "svg", "png", "dot")
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--zoo", default=ZOO_DEFAULT)
-    args = ap.parse_args()
-    zoo = Path(args.zoo)
-    if not zoo.is_dir():
-        print(f"zoo not found at {zoo}; pass --zoo", file=sys.stderr)
+    args, zoo = zoo_args(__doc__, 5)
+    if zoo is None:
         return 2
     py = sys.executable
     print(f"{'net':<13} {'command':<18} {'median':>8} {'/base':>7} {'size':>9} {'< 2 s':>6}")
