@@ -249,6 +249,21 @@ class Trainer:
                 sums[key] = float(fb.view(name))
         return grads, sums, np.rint(fb.extra).astype(np.int64)
 
+    def _run(self, sess, inputs: list[str], outputs: list[str], host: dict, held: dict) -> list:
+        """One IO-bound run: inputs named in ``host`` (the batch, scalars) go in from numpy, the
+        rest are OrtValues from ``held`` (a name missing there: ``self._ov``); outputs stay on the
+        device and come back in ``outputs`` order."""
+        io = sess.io_binding()
+        for name in inputs:
+            if name in host:
+                io.bind_cpu_input(name, np.require(host[name], np.float32, "C"))  # scalars stay 0-d
+            else:
+                io.bind_ortvalue_input(name, held[name] if name in held else self._ov[name])
+        for name in outputs:
+            io.bind_output(name, *self._dev)
+        sess.run_with_iobinding(io)
+        return io.get_outputs()
+
     def _put(self, name: str, arr: np.ndarray) -> None:
         from dnntool.onnxgraph.runtime import to_device
 
@@ -268,20 +283,11 @@ class Trainer:
         if self.step_sess is not None:
             (feeds,) = feeds_per_subbatch
             return self._fused_step(feeds)
-        dev_type, dev_id = self._dev
         grads: dict[str, object] = {}
         sums: dict[str, float] = {}
         for feeds in feeds_per_subbatch:
-            io = self.grad_sess.io_binding()
-            for name in self._grad_inputs:
-                if name in feeds:
-                    io.bind_cpu_input(name, np.ascontiguousarray(feeds[name], np.float32))
-                else:
-                    io.bind_ortvalue_input(name, self._ov[name])
-            for name in self._grad_outputs:
-                io.bind_output(name, dev_type, dev_id)
-            self.grad_sess.run_with_iobinding(io)
-            for name, val in zip(self._grad_outputs, io.get_outputs(), strict=True):
+            vals = self._run(self.grad_sess, self._grad_inputs, self._grad_outputs, feeds, {})
+            for name, val in zip(self._grad_outputs, vals, strict=True):
                 if name.startswith("grad::"):
                     key = name[len("grad::"):]
                     if key in grads:  # iter_size > 1: sum the sub-batch gradients (on the host)
@@ -302,18 +308,9 @@ class Trainer:
             n = 1
         scalars = self._scalars()
         lr = scalars["lr"]
-        io = self.update_sess.io_binding()
-        for name in self._update_inputs:
-            if name in scalars:
-                io.bind_cpu_input(name, np.asarray(scalars[name], np.float32))
-            elif name.startswith("grad::"):
-                io.bind_ortvalue_input(name, grads[name[len("grad::"):]])
-            else:
-                io.bind_ortvalue_input(name, self._ov[name])
-        for name in self._update_outputs:
-            io.bind_output(name, dev_type, dev_id)
-        self.update_sess.run_with_iobinding(io)
-        for name, val in zip(self._update_outputs, io.get_outputs(), strict=True):
+        vals = self._run(self.update_sess, self._update_inputs, self._update_outputs, scalars,
+                         {f"grad::{k}": v for k, v in grads.items()})
+        for name, val in zip(self._update_outputs, vals, strict=True):
             key = name[len("new::"):] if name.startswith("new::") else name[len("new_"):]
             self._ov[key] = val
         self.iter += 1
@@ -333,19 +330,9 @@ class Trainer:
     def _fused_step(self, feeds: dict[str, np.ndarray]) -> dict:
         """One sub-batch: gradient and update in one run of ``step_sess``."""
         scalars = self._scalars()
-        io = self.step_sess.io_binding()
-        for name in self._grad_inputs:
-            if name in feeds:
-                io.bind_cpu_input(name, np.ascontiguousarray(feeds[name], np.float32))
-            elif name in scalars:
-                io.bind_cpu_input(name, np.asarray(scalars[name], np.float32))
-            else:
-                io.bind_ortvalue_input(name, self._ov[name])
-        for name in self._grad_outputs:
-            io.bind_output(name, *self._dev)
-        self.step_sess.run_with_iobinding(io)
+        vals = self._run(self.step_sess, self._grad_inputs, self._grad_outputs, {**feeds, **scalars}, {})
         out: dict = {}
-        for name, val in zip(self._grad_outputs, io.get_outputs(), strict=True):
+        for name, val in zip(self._grad_outputs, vals, strict=True):
             if name.startswith("out::"):
                 out[name[len("out::"):]] = float(np.mean(val.numpy()))
             else:  # bn::blob, new::w, new_histK::w
