@@ -417,12 +417,15 @@ def lmdb_entries(path: str | os.PathLike[str]) -> int:
         return int(env.stat()["entries"])
 
 
-def key_splits(path: str | os.PathLike[str], parts: int) -> list[bytes]:
+def key_splits(path: str | os.PathLike[str], parts: int, cuts: list[int] | None = None) -> list[bytes]:
     """Up to ``parts - 1`` stored keys that cut the database into runs of about equal width in
     key space, in order, without a walk over the records: points evenly spaced between the first
     and last key (read as base-256 numbers after their common prefix) moved to the first stored
     key at or after each. The runs always cover every record once; for keys like Caffe's
-    ``%08d_name`` (and their shards) they also hold about equal numbers of records."""
+    ``%08d_name`` (and their shards) they also hold about equal numbers of records.
+
+    ``cuts`` (increasing, each in 1 .. parts - 1) puts the points at ``cut / parts`` of the way
+    instead of at every ``1 / parts``: runs of chosen, unequal widths."""
     if parts <= 1:
         return []
     with shared_lmdb(path) as env, env.begin(buffers=True) as txn:
@@ -433,7 +436,7 @@ def key_splits(path: str | os.PathLike[str], parts: int) -> list[bytes]:
         cur.last()
         hi = bytes(cur.key())
         splits: list[bytes] = []
-        for point in _key_points(lo, hi, parts):
+        for point in _key_points(lo, hi, parts, range(1, parts) if cuts is None else cuts):
             if cur.set_range(point):
                 key = bytes(cur.key())
                 if key > lo and (not splits or key > splits[-1]):
@@ -441,21 +444,21 @@ def key_splits(path: str | os.PathLike[str], parts: int) -> list[bytes]:
         return splits
 
 
-def _key_points(lo: bytes, hi: bytes, parts: int) -> list[bytes]:
-    """``parts - 1`` keys evenly spaced from ``lo`` up to just past ``hi``: after their common prefix, a
-    run of decimal digits of one length in both (Caffe's ``%08d_`` keys) is read in base 10, else
-    the bytes in base 256."""
+def _key_points(lo: bytes, hi: bytes, parts: int, cuts) -> list[bytes]:
+    """Keys at ``cut / parts`` of the way from ``lo`` to just past ``hi``, for each cut: after
+    their common prefix, a run of decimal digits of one length in both (Caffe's ``%08d_`` keys) is
+    read in base 10, else the bytes in base 256."""
     p = 0
     while p < min(len(lo), len(hi)) and lo[p] == hi[p]:
         p += 1
     digits = len(lo) - p - len(lo[p:].lstrip(b"0123456789"))
     if digits and digits == len(hi) - p - len(hi[p:].lstrip(b"0123456789")):
         a, b = int(lo[p:p + digits]), int(hi[p:p + digits])
-        return [lo[:p] + b"%0*d" % (digits, a + (b + 1 - a) * i // parts) for i in range(1, parts)]
+        return [lo[:p] + b"%0*d" % (digits, a + (b + 1 - a) * i // parts) for i in cuts]
     m = min(max(len(lo), len(hi)) - p, 16)  # 16 bytes resolve any practical count
     a = int.from_bytes(lo[p:p + m].ljust(m, b"\0"), "big")
     b = int.from_bytes(hi[p:p + m].ljust(m, b"\0"), "big")
-    return [lo[:p] + (a + (b + 1 - a) * i // parts).to_bytes(m, "big") for i in range(1, parts)]
+    return [lo[:p] + (a + (b + 1 - a) * i // parts).to_bytes(m, "big") for i in cuts]
 
 
 def datum_view(value) -> tuple[int, int, int, int, int, bool] | None:

@@ -12,6 +12,7 @@ and last keys: no walk), and the children hand their sums back through shared me
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from collections.abc import Callable
@@ -36,8 +37,9 @@ from dnntool.tools.parallel import Team, resolve_jobs
 
 Progress = Callable[[int, int], None]
 
-MEAN_CHUNK = 256  # records between progress updates in this process; the smallest task
-MAX_CHUNK = 4096  # records in the longest key range a member takes at once
+MEAN_CHUNK = 256  # records between progress updates in this process
+MIN_TASK = 64  # records in the shortest key range a member takes at once (the last ones)
+MAX_CHUNK = 4096  # records in the longest
 EXACT32 = 65793  # records whose uint8 sums float32 holds exactly: 255 * 65793 < 2**24
 
 
@@ -262,14 +264,21 @@ def _scan(task, sums: _Sums, tick: Callable[[], None] | None = None) -> None:
 
 def _tasks(dbs: list[str], counts: list[int], jobs: int, shape: tuple[int, int, int],
            ref_key: bytes) -> list[tuple]:
-    """Key ranges of each database for a team of ``jobs`` processes: at least eight a member (so
-    a slower core or range evens out), at most about MAX_CHUNK records each, none under
-    MEAN_CHUNK. Cut by interpolating between the first and last keys (``key_splits``), not by a
+    """Key ranges of the databases for a team of ``jobs`` processes, largest first: each takes
+    about 1/(2 jobs) of the records still unassigned (at most MAX_CHUNK, at least MIN_TASK), so
+    the first tasks cost little to hand out and the last ones are short and the members finish
+    together. Cut by interpolating between the first and last keys (``key_splits``), not by a
     walk over the keys, which costs a page fault a record."""
-    tasks = []
+    left, tasks = sum(counts), []
     for db, n in zip(dbs, counts, strict=True):
-        parts = min(-(-n // MEAN_CHUNK), max(8 * jobs, -(-n // MAX_CHUNK)))
-        bounds = [None, *key_splits(db, parts), None]
+        cuts, done = [], 0
+        while done < n:
+            done += max(MIN_TASK, min(MAX_CHUNK, left // (2 * jobs)))
+            if done > n - MIN_TASK:  # no shorter run after it
+                done = n
+            left -= done - (cuts[-1] if cuts else 0)
+            cuts.append(done)
+        bounds = [None, *key_splits(db, n, cuts[:-1]), None]
         tasks += [(db, start, stop, shape, ref_key) for start, stop in itertools.pairwise(bounds)]
     return tasks
 
@@ -294,25 +303,8 @@ def _first_record_shape(db: str) -> tuple[bytes, tuple[int, int, int]]:
     return key, shape
 
 
-def compute_image_mean(dbs: list[str], jobs: int | None = None,
-                       progress: Progress | None = None) -> MeanResult:
-    """Mean image and per-channel mean/std over every record of ``dbs`` (sums merged: the
-    reduce step for sharded datasets; ``train_lmdb@4`` names the four shards of convert-images
-    --shards 4). Raw uint8 ``data``, ``float_data`` and encoded records;
-    every record must have the shape of the first record of the first database."""
-    from dnntool.io.shards import source_paths
-
-    t0 = time.perf_counter()
-    dbs = [p for d in dbs for p in source_paths(d)]  # each may be a list 'A,B' or 'DB@K' of shards
-    if not dbs:
-        raise UsageError("no database given")
-    counts = []
-    for db in dbs:
-        if not is_lmdb(db):
-            raise FormatError("no such LMDB (expected a directory holding data.mdb)", SourceLoc(db))
-        counts.append(lmdb_entries(db))
-        if not counts[-1]:
-            raise FormatError("database is empty (no records to average)", SourceLoc(db))
+def _average(dbs: list[str], counts: list[int], jobs: int | None, progress: Progress | None) -> _Sums:
+    """The summed records of ``dbs`` (their environments held open by the caller)."""
     ref_key, shape = _first_record_shape(dbs[0])
     total, records = _Sums(shape), sum(counts)
     jobs = resolve_jobs(jobs)
@@ -345,8 +337,34 @@ def compute_image_mean(dbs: list[str], jobs: int | None = None,
 
     for part, buf in team.run(member)[1:]:
         total.merge(part, np.frombuffer(buf, np.float32).reshape(c * h, w))
+    return total
+
+
+def compute_image_mean(dbs: list[str], jobs: int | None = None,
+                       progress: Progress | None = None) -> MeanResult:
+    """Mean image and per-channel mean/std over every record of ``dbs`` (sums merged: the
+    reduce step for sharded datasets; ``train_lmdb@4`` names the four shards of convert-images
+    --shards 4). Raw uint8 ``data``, ``float_data`` and encoded records;
+    every record must have the shape of the first record of the first database."""
+    from dnntool.io.shards import source_paths
+
+    t0 = time.perf_counter()
+    dbs = [p for d in dbs for p in source_paths(d)]  # each may be a list 'A,B' or 'DB@K' of shards
+    if not dbs:
+        raise UsageError("no database given")
+    with contextlib.ExitStack() as held:  # one environment per database for all the steps
+        counts = []
+        for db in dbs:
+            if not is_lmdb(db):
+                raise FormatError("no such LMDB (expected a directory holding data.mdb)", SourceLoc(db))
+            held.enter_context(shared_lmdb(db))
+            counts.append(lmdb_entries(db))
+            if not counts[-1]:
+                raise FormatError("database is empty (no records to average)", SourceLoc(db))
+        total = _average(dbs, counts, jobs, progress)
     if progress is not None:
-        progress(total.count, records)
+        progress(total.count, sum(counts))
+    shape = total.shape
     sums = total.total()
     mean = sums / total.count
     pixels = total.count * shape[1] * shape[2]

@@ -136,7 +136,8 @@ class Team:
     counts finished items across the team (for a progress bar drawn here).
 
     Children ignore SIGINT and die with this process; an exception in any member is raised here
-    after the others are killed. Where processes cannot fork (Windows), this process does every
+    after the others are killed and reaped. After a run that succeeded, children still exiting are
+    reaped by threads (``join`` waits for them). Where processes cannot fork (Windows), this process does every
     task. Fork with no LMDB environment or OpenCV thread pool open here: children must open their
     own.
     """
@@ -149,6 +150,7 @@ class Team:
         self.slot_bytes = slot_bytes
         self._next = self._done = None
         self._local = [0, 0]  # next task, items done: when there are no children
+        self._reaping: list = []  # threads reaping children that had not exited yet
         if self.jobs > 1:
             ctx = mp.get_context("fork")
             self._next, self._done = ctx.Value("q", 0), ctx.Value("q", 0)
@@ -178,6 +180,7 @@ class Team:
         shared = mmap.mmap(-1, (self.jobs - 1) * size) if size and self.jobs > 1 else None
         children: list[tuple[int, int]] = []  # (pid, read end of its result pipe)
         parent = os.getpid()
+        ok = False
         try:
             for r in range(self.jobs - 1):
                 rd, wr = os.pipe()
@@ -196,6 +199,7 @@ class Team:
                 if status != "ok":
                     raise value
                 out.append((value, memoryview(shared)[r * size:(r + 1) * size] if shared is not None else None))
+            ok = True
             return out
         except BaseException:
             for pid, _ in children:
@@ -206,8 +210,32 @@ class Team:
             for pid, rd in children:
                 with contextlib.suppress(OSError):
                     os.close(rd)
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
+                if ok:  # its result is in: reap it as it exits, without waiting for its teardown
+                    self._reaper(pid)
+                else:
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(pid, 0)
+
+    def _reaper(self, pid: int) -> None:
+        """Reap ``pid`` now if it has exited, else in a thread (its exit unmaps what it
+        inherited, a millisecond or two the caller need not wait for); ``join`` waits for them."""
+        import threading
+
+        def reap() -> None:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        thread = threading.Thread(target=reap, name=f"reap-{pid}", daemon=True)
+        thread.start()
+        self._reaping.append(thread)
+
+    def join(self) -> None:
+        """Wait until every child of the last ``run`` has exited and been reaped."""
+        while self._reaping:
+            self._reaping.pop().join()
 
 
 def _team_child(team: Team, func: Callable, buf, wr: int, parent: int) -> None:

@@ -103,7 +103,7 @@ def test_other_readers_of_an_open_path(dbs, jobs, monkeypatch):
     from dnntool.tools import image_mean
     from dnntool.tools.image_mean import compute_image_mean
 
-    monkeypatch.setattr(image_mean, "MEAN_CHUNK", 2)
+    monkeypatch.setattr(image_mean, "MIN_TASK", 2)
     d, x, _ = dbs
     stream = LmdbSource(d / "db")
     try:

@@ -562,6 +562,7 @@ def test_mean_float32_sums_flushed_before_they_round(tmp_path, monkeypatch, jobs
 
     monkeypatch.setattr(image_mean, "EXACT32", 7)
     monkeypatch.setattr(image_mean, "MEAN_CHUNK", 5)
+    monkeypatch.setattr(image_mean, "MIN_TASK", 5)
     rng = np.random.default_rng(1)
     x = rng.integers(0, 256, (60, 3, 4, 5), dtype=np.uint8)
     w = LmdbWriter(tmp_path / "db")
@@ -595,11 +596,12 @@ def test_mean_float32_sums_exact_past_2_to_the_24():
 
 @pytest.mark.parametrize("bad", [3, 58])
 def test_mean_error_in_any_worker_names_the_key(tmp_path, monkeypatch, bad):
-    # 60 records in 12 key ranges shared by 2 processes: a record of another size at the start or
-    # the end fails the run with the same one-line message as --jobs 1, wherever it was read.
+    # 60 records in key ranges of 5 or more shared by 2 processes: a record of another size at the
+    # start or the end fails the run with the same one-line message as --jobs 1, wherever it was read.
     from dnntool.tools import image_mean
 
     monkeypatch.setattr(image_mean, "MEAN_CHUNK", 5)
+    monkeypatch.setattr(image_mean, "MIN_TASK", 5)
     w = LmdbWriter(tmp_path / "db")
     for i in range(60):
         wd = 5 if i == bad else 4
@@ -679,6 +681,28 @@ def test_key_splits_balance_caffe_keys(tmp_path):
     assert len(runs) == 4 and max(len(r) for r in runs) - min(len(r) for r in runs) <= 1
     keys = [b"%02d" % i for i in range(10)]
     assert key_splits(_db_of(tmp_path / "small", keys), 4) == [b"02", b"05", b"07"]
+
+
+def test_mean_tasks_shrink_towards_the_end_and_cover_each_db_once(tmp_path, monkeypatch):
+    # Each task takes about 1/(2 jobs) of the records left, so the first are long and the last
+    # ones MIN_TASK records: the members of the team finish together. Tasks never span databases.
+    from dnntool.tools import image_mean
+
+    monkeypatch.setattr(image_mean, "MIN_TASK", 10)
+    a = _db_of(tmp_path / "a", [f"{i:08d}_x.jpg".encode() for i in range(1000)])
+    b = _db_of(tmp_path / "b", [f"{i:08d}_y.jpg".encode() for i in range(1, 300, 3)])
+    tasks = image_mean._tasks([str(a), str(b)], [1000, 100], 2, (1, 1, 1), b"")
+    for db, n in ((a, 1000), (b, 100)):
+        mine = [t for t in tasks if t[0] == str(db)]
+        assert mine[0][1] is None and mine[-1][2] is None
+        assert all(x[2] == y[1] for x, y in itertools.pairwise(mine))  # contiguous, no gap or overlap
+        sizes = [len(r) for r in _runs(db, [t[2] for t in mine[:-1]])]
+        assert sum(sizes) == n and min(sizes) >= 10
+        assert all(x >= y for x, y in itertools.pairwise(sizes[:-1])) and sizes[-1] < 20
+        if db == a:
+            assert sizes[0] == 275  # 1100 / 4
+        else:
+            assert sizes[-3:-1] == [10, 10]
 
 
 def test_datum_view():

@@ -46,6 +46,7 @@ def test_team_does_every_task_once_and_returns_shared_memory():
     for (pid, _), buf in out[1:]:
         assert np.frombuffer(buf, np.int64).tolist() == [pid, pid]
     assert team.add_done(0) == 60
+    team.join()
     assert _no_children_left()
 
 
