@@ -9,8 +9,8 @@ For LeNet (batch 64, 1x28x28) and CIFAR10-quick (batch 100, 3x32x32), in the sam
 
 then the backward kernels that dominate one training step (ONNX Runtime's profiler, as
 ``dnntool time`` reports them). With ``--repeat R`` both are run R times, alternating, and the best
-of each is kept (on a shared machine other work only ever slows a run down); the load average is
-printed before and after.
+of each is kept (on a shared machine other work only ever slows a run down), and each round's
+pair is listed; the load average is printed before and after.
 
 Usage: python benchmarks/train.py [--iters 30] [--warmup 5] [--repeat 1] [--threads N] [--top 6]
 """
@@ -132,18 +132,26 @@ def main() -> int:
     args = ap.parse_args()
     print(f"{os.cpu_count()} cores; threads: {args.threads or 'default'}; load average before: {load()}")
     print(f"{'net':<14} {'batch':>5} {'dnntool it/s':>13} {'PyTorch it/s':>13} {'ratio':>7}")
-    rows = []
+    rows, rounds = [], {}
     for name, (text, shape) in NETS.items():
-        a = b = None
+        mine, torch_ = [], []
         for _ in range(max(1, args.repeat)):
-            a = max(a or 0.0, ours(text, shape, args.iters, args.warmup, args.threads))
+            mine.append(ours(text, shape, args.iters, args.warmup, args.threads))
             t = theirs(name, shape, args.iters, args.warmup, args.threads)
-            b = None if t is None else max(b or 0.0, t)
+            if t is not None:
+                torch_.append(t)
+        a, b = max(mine), max(torch_) if torch_ else None
         rows.append((name, text, shape))
+        rounds[name] = (mine, torch_)
         tb = f"{b:13.1f}" if b else f"{'-':>13}"
         ratio = f"{a / b:6.2f}x" if b else f"{'-':>7}"
         print(f"{name:<14} {shape[0]:>5} {a:13.1f} {tb} {ratio}")
     print(f"load average after: {load()}")
+    if args.repeat > 1:  # each round's pair, run back to back: how much the machine moved meanwhile
+        print("rounds (dnntool / PyTorch it/s, ratio):")
+        for name, (mine, torch_) in rounds.items():
+            pairs = [f"{m:.1f}/{t:.1f} {m / t:.2f}x" for m, t in zip(mine, torch_)] or [f"{m:.1f}" for m in mine]
+            print(f"  {name:<14} " + ", ".join(pairs))
     try:
         import torch  # noqa: F401
     except ImportError:
