@@ -75,15 +75,18 @@ def test_max_pooling_mask_top(param, shape, ref):
     np.testing.assert_array_equal(mask, want_mask)
 
 
+@pytest.mark.parametrize("form", ["separable", "indices"])
 @pytest.mark.parametrize(("param", "shape", "ref"),
                          [c[1:] for c in POOL_CASES if "MAX" in c[1]], ids=[c[0] for c in POOL_CASES if "MAX" in c[1]])
-def test_max_pooling_backward_routes_ties_like_caffe(param, shape, ref):
+def test_max_pooling_backward_routes_ties_like_caffe(param, shape, ref, form, monkeypatch):
     """Caffe's Backward_cpu: bottom_diff[mask] += top_diff, the mask the first maximum in scan order;
-    inputs of few distinct values, so most windows hold ties."""
+    inputs of few distinct values, so most windows hold ties. Both gradient formulations."""
     import onnxruntime as ort
 
+    from dnntool.onnxgraph import grad_spatial
     from tests.engine.gradcheck import build_check_model
 
+    monkeypatch.setattr(grad_spatial, "MAXPOOL_FORM", form)
     x = np.random.default_rng(sum(shape)).integers(-2, 3, shape).astype(np.float32)
     net = build_net(POOL.format(tops="", p=param), [x.shape], phase="train")
     model, _, _, _ = build_check_model(net)
