@@ -241,18 +241,23 @@ MAXPOOL_FORM = "auto"
 
 def _maxpool_grad_indices(g: GraphBuilder, x: str, dy: str, xs, ys, kernel, strides, pads) -> str:
     """dX by the argmax: MaxPool's Indices output (onnxruntime keeps the first maximum in scan order,
-    Caffe's mask; ties included) and one ScatterElements adding dY into zeros, the indices counting
-    over the whole (N, C, H, W) tensor. A window of nothing but -inf routes its gradient to its
-    first element, as the separable form does (Caffe's mask stays -1 there and drops it).
+    Caffe's mask; ties included) and one ScatterElements adding dY into zeros, row by row of the
+    channel planes (the indices count over the whole tensor: the planes' offsets are subtracted;
+    rows scatter faster than one flat vector, 2.5 against 3.5 ms on CIFAR10-quick's pool1). A window
+    of nothing but -inf or NaN still gets an index, its first element's, where the separable form
+    routes it too (Caffe's mask stays -1 there and drops it).
     """
     from onnx import helper
 
-    total, m = int(np.prod(xs)), int(np.prod(ys))
+    n, c, h, w = xs
+    m = ys[2] * ys[3]
     _, ind = g.op("MaxPool", [x], 2, kernel_shape=list(kernel), strides=list(strides), pads=list(pads))
-    zeros = g.op1("ConstantOfShape", [g.const(np.array([total], np.int64))],
+    planes = (np.arange(n * c, dtype=np.int64) * (h * w)).reshape(n * c, 1)
+    inner = g.op1("Sub", [g.reshape(ind, [n * c, m]), g.const(planes)])
+    zeros = g.op1("ConstantOfShape", [g.const(np.array([n * c, h * w], np.int64))],
                   value=helper.make_tensor("zero", onnx_dtype(g.dtype), [1], [0.0]))
-    dx = g.op1("ScatterElements", [zeros, g.reshape(ind, [m]), g.reshape(dy, [m])], axis=0, reduction="add")
-    return g.reshape(dx, list(xs))
+    dx = g.op1("ScatterElements", [zeros, inner, g.reshape(dy, [n * c, m])], axis=1, reduction="add")
+    return g.reshape(dx, [n, c, h, w])
 
 
 def maxpool_grad(g: GraphBuilder, x: str, y: str, dy: str, xs, ys, kernel, strides, pads) -> str:
