@@ -20,8 +20,15 @@ FLT_LOWEST = float(np.finfo(np.float32).min)
 PATCH_LIMIT = 1 << 26
 
 
-#: "auto" (the rules below), "split", "im2col" or "transposed": how conv_weight_grad computes dW
+#: "auto" (the rules below), "blocked", "split", "im2col" or "transposed": how conv_weight_grad computes dW
 DW_FORM = "auto"
+
+
+def _nchwc_block() -> int:
+    """The NCHWc block of this machine's onnxruntime CPU kernels (0: none); see runtime.nchwc_block."""
+    from dnntool.onnxgraph.runtime import nchwc_block
+
+    return nchwc_block()
 #: the split formulation's shifted copies are made per batch chunk of about this many values
 SPLIT_CHUNK = 3 << 20
 
@@ -43,7 +50,13 @@ def conv_weight_grad(g: GraphBuilder, x: str, dy: str, xs, ys, k, s, d, p, group
       patch rows Cin k_h k_w are at least twice Cout (conv1 7.9 -> 6.6; 0.88-0.95 on larger shapes;
       LeNet conv1, 25 rows for 20 outputs, 0.84 vs 1.04 kept as dY x patches^T);
     * one convolution over batch-transposed tensors (40 / 169 / 13 / 5.7), which needs no patch
-      buffer and is kept for shapes whose im2col would not fit in memory (over PATCH_LIMIT).
+      buffer and is kept for shapes whose im2col would not fit in memory (over PATCH_LIMIT);
+    * the same convolution blocked (onnxruntime's NCHWc kernels, where this machine has them: the
+      batch padded to the block, x's border padded first): no shifted copies, so it keeps its
+      speed when other work on the machine takes the memory bandwidth (CIFAR10-quick conv2 13.1
+      as split's 13.2 when quiet, 19.6 against 23 in a slow spell; conv3 6.2 against 7.1); taken
+      instead of split for 5x5 kernels on outputs up to 16x16 and for 128 input channels or more,
+      the shapes where it was at least as fast on 10 measured (RESULTS.md, Training, session 4).
     """
     nsp = len(k)
     n, cin, cout = xs[0], xs[1], ys[1]
@@ -52,9 +65,14 @@ def conv_weight_grad(g: GraphBuilder, x: str, dy: str, xs, ys, k, s, d, p, group
     splittable = nsp == 2 and group == 1 and all(v == 1 for v in s)
     fits = nsp == 2 and n * cin * kk * length <= PATCH_LIMIT
     form = DW_FORM
+    block = _nchwc_block() if form in ("auto", "blocked") else 0
     if form == "auto":
         fewer_copies = splittable and (k[0] * cout + k[1] * cin) * (xs[2] + p[0] + p[2]) <= cin * kk * ys[2]
         form = "split" if fewer_copies else "im2col" if fits else "transposed"
+        if form == "split" and block and cout % block == 0 and (kk >= 25 and ys[2] <= 16 or cin >= 128):
+            form = "blocked"
+    if form == "blocked":
+        return _conv_weight_grad_transposed(g, x, dy, xs, ys, k, s, d, p, group, max(block, 1))
     if form == "split" and splittable:
         # cache-sized batch chunks: CIFAR10-quick conv2 (10.2M values) in 4, 15.5 -> 14.0 ms; conv3 (4.6M) whole
         buffers = (k[0] * cout + k[1] * cin) * n * (xs[2] + p[0] + p[2]) * ys[3]
@@ -114,8 +132,12 @@ def _conv_weight_grad_split(g: GraphBuilder, x: str, dy: str, xs, ys, k, d, p) -
     return g.op1("Transpose", [g.reshape(dws, [kh, cout, kw, cin])], perm=[1, 3, 0, 2])
 
 
-def _conv_weight_grad_transposed(g: GraphBuilder, x: str, dy: str, xs, ys, k, s, d, p, group: int) -> str:
-    """dW as one convolution over batch-transposed tensors (any group count)."""
+def _conv_weight_grad_transposed(g: GraphBuilder, x: str, dy: str, xs, ys, k, s, d, p, group: int,
+                                 multiple: int = 1) -> str:
+    """dW as one convolution over batch-transposed tensors (any group count): x as (Cin, N, H...)
+    images, dY as (Cout, N, OH...) filters, the stride and dilation trading places. ``multiple``:
+    the batch padded with zeros to a multiple of it (one group), so that the NCHWc rewrite
+    (onnxgraph/nchwc.py) runs this convolution in onnxruntime's blocked layout."""
     n, cin = xs[0], xs[1]
     cout = ys[1]
     nsp = len(k)
@@ -127,6 +149,15 @@ def _conv_weight_grad_transposed(g: GraphBuilder, x: str, dy: str, xs, ys, k, s,
     wr = g.reshape(dy, [n, group, og, *ys[2:]])
     wr = g.op1("Transpose", [wr], perm=[1, 2, 0, *sp])
     wr = g.reshape(wr, [group * og, n, *ys[2:]])
+    if multiple > 1 and group == 1:
+        # zero images (they add nothing to dW) up to the block, and x's border padded here: the
+        # blocked kernel's path for windows over padding is slow with dY as the filter (conv2 of
+        # CIFAR10-quick 17.3 -> 12.2 ms)
+        extra = -n % multiple
+        xr = g.op1("Pad", [xr, g.const([0, 0, *p[:nsp], 0, extra, *p[nsp:]])])
+        if extra:
+            wr = g.op1("Pad", [wr, g.const([0, 0] + [0] * nsp + [0, extra] + [0] * nsp)])
+        p = [0] * (2 * nsp)
     full = g.op1("Conv", [xr, wr], kernel_shape=list(ys[2:]), strides=d, dilations=s, pads=p, group=group)
     cut = g.op1("Slice", [full, g.const([0] * nsp), g.const(k), g.const(list(range(2, 2 + nsp)))])
     return g.op1("Transpose", [cut], perm=[1, 0, *range(2, 2 + nsp)])

@@ -43,6 +43,8 @@ CASES = [
     ("conv_hw", L.format(t="Convolution", p='convolution_param { num_output: 2 kernel_h: 3 kernel_w: 1 stride_h: 2 '
                                            'stride_w: 1 pad_h: 0 pad_w: 1 bias_term: false }'), [(1, 2, 7, 4)]),
     ("conv_1x1_wide", L.format(t="Convolution", p=CONV.format(n=5, k=1, s=1, p=0, extra="")), [(2, 2, 3, 3)]),
+    # 16 outputs: onnxruntime's NCHWc kernels run the blocked weight gradient (block 8 or 16)
+    ("conv_16_out", L.format(t="Convolution", p=CONV.format(n=16, k=3, s=2, p=1, extra="")), [(3, 2, 5, 6)]),
     ("conv_dil_rect", L.format(t="Convolution", p='convolution_param { num_output: 3 kernel_h: 3 kernel_w: 2 pad_h: 2 '
                                                  'pad_w: 1 dilation: 2 }'), [(2, 2, 6, 5)]),
     ("depthwise", L.format(t="ConvolutionDepthwise", p=CONV.format(n=3, k=3, s=2, p=1, extra="")), [(1, 3, 6, 6)]),
@@ -165,12 +167,13 @@ def test_dropout_backward_uses_the_forward_mask():
     np.testing.assert_allclose(dx, rr * mask / 0.6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("form", ["im2col", "transposed", "split", "split_chunked"])
+@pytest.mark.parametrize("form", ["im2col", "transposed", "blocked", "split", "split_chunked"])
 @pytest.mark.parametrize("name", ["conv", "conv_stride_odd", "conv_group_dil", "conv_hw", "conv_1x1_wide", "conv_dil_rect",
-                                  "depthwise", "deconv_group", "deconv_s1"])
+                                  "conv_16_out", "depthwise", "deconv_group", "deconv_s1"])
 def test_conv_weight_gradient_formulations(name, form, monkeypatch):
     """Each formulation of a convolution's weight gradient, forced (split only where it applies:
-    stride 1, one group; the others fall back to im2col), split also in batch chunks."""
+    stride 1, one group; the others fall back to im2col), split also in batch chunks; blocked
+    pads the batch to the NCHWc block (plain Conv where the channels do not fit the block)."""
     from dnntool.onnxgraph import grad_spatial
 
     monkeypatch.setattr(grad_spatial, "DW_FORM", form.removesuffix("_chunked"))

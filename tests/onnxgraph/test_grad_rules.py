@@ -69,10 +69,12 @@ def _ops(build) -> list[str]:
     return [n.op_type for n in g.nodes]
 
 
-def test_convolution_gradient_formulations_chosen_per_shape():
+def test_convolution_gradient_formulations_chosen_per_shape(monkeypatch):
     """The static per-shape rules (benchmarks/RESULTS.md, Training) pick, for CIFAR10-quick conv2,
-    the flipped-weight Conv for dX and the split Gemm for dW; for LeNet conv2 ConvTranspose and
-    im2col; for CIFAR10-quick conv1 (3 channels) im2col, as patches x dY^T."""
+    the flipped-weight Conv for dX and for dW the blocked batch-transposed Conv where onnxruntime has
+    NCHWc kernels (the split Gemm where it has none, and for 3x3 kernels on 64 channels); for LeNet
+    conv2 ConvTranspose and im2col; for CIFAR10-quick conv1 (3 channels) im2col, as patches x dY^T."""
+    from dnntool.onnxgraph import grad_spatial
     from dnntool.onnxgraph.grad_spatial import conv_data_grad, conv_weight_grad
 
     cifar2 = ((100, 32, 16, 16), (100, 32, 16, 16), [5, 5], [2, 2, 2, 2])
@@ -87,6 +89,10 @@ def test_convolution_gradient_formulations_chosen_per_shape():
 
     assert "Conv" in dx(*cifar2) and "ConvTranspose" not in dx(*cifar2)
     assert "ConvTranspose" in dx(*lenet2)
+    monkeypatch.setattr(grad_spatial, "_nchwc_block", lambda: 16)
+    assert "Conv" in dw(*cifar2) and "Gemm" not in dw(*cifar2) and "Pad" in dw(*cifar2)  # the batch to 112
+    assert "Gemm" in dw((64, 64, 14, 14), (64, 64, 14, 14), [3, 3], [1, 1, 1, 1])
+    monkeypatch.setattr(grad_spatial, "_nchwc_block", lambda: 0)
     assert "Gemm" in dw(*cifar2) and "Conv" not in dw(*cifar2)
     assert "Conv" in dw(*lenet2) and "Gemm" not in dw(*lenet2)
     g = GraphBuilder("choice")
