@@ -52,11 +52,11 @@ def conv_weight_grad(g: GraphBuilder, x: str, dy: str, xs, ys, k, s, d, p, group
     * one convolution over batch-transposed tensors (40 / 169 / 13 / 5.7), which needs no patch
       buffer and is kept for shapes whose im2col would not fit in memory (over PATCH_LIMIT);
     * the same convolution blocked (onnxruntime's NCHWc kernels, where this machine has them: the
-      batch padded to the block, x's border padded first): no shifted copies, so it keeps its
-      speed when other work on the machine takes the memory bandwidth (CIFAR10-quick conv2 13.1
-      as split's 13.2 when quiet, 19.6 against 23 in a slow spell; conv3 6.2 against 7.1); taken
-      instead of split for 5x5 kernels on outputs up to 16x16 and for 128 input channels or more,
-      the shapes where it was at least as fast on 10 measured (RESULTS.md, Training, session 4).
+      batch padded to the block, x's border padded first, dY reordered as a filter through
+      ReorderInput): no shifted copies, faster than split on all 10 shapes measured (CIFAR10-quick
+      conv2 10.0 against 13.2-14.1 ms, conv3 4.8 against 7.1; 3x3 128->128 on 14x14 11.2 against
+      15.0) and steadier when other work takes the machine's memory bandwidth; taken instead of
+      split wherever the output channels fill whole blocks (RESULTS.md, Training, session 4).
     """
     nsp = len(k)
     n, cin, cout = xs[0], xs[1], ys[1]
@@ -69,7 +69,7 @@ def conv_weight_grad(g: GraphBuilder, x: str, dy: str, xs, ys, k, s, d, p, group
     if form == "auto":
         fewer_copies = splittable and (k[0] * cout + k[1] * cin) * (xs[2] + p[0] + p[2]) <= cin * kk * ys[2]
         form = "split" if fewer_copies else "im2col" if fits else "transposed"
-        if form == "split" and block and cout % block == 0 and (kk >= 25 and ys[2] <= 16 or cin >= 128):
+        if form == "split" and block and cout % block == 0:
             form = "blocked"
     if form == "blocked":
         return _conv_weight_grad_transposed(g, x, dy, xs, ys, k, s, d, p, group, max(block, 1))

@@ -70,8 +70,13 @@ def test_blocked_convs_match_plain_conv():
     ops = [(n.domain, n.op_type) for n in fast.graph.node]
     assert ops.count((DOMAIN, "Conv")) == 4 and ("", "Conv") not in ops
     # conv0 -> conv1 and conv2 -> conv3 directly: those ReorderOutput/ReorderInput pairs cancel;
-    # conv1 -> Relu -> conv2 keeps both; conv3's output is the model's.
-    assert ops.count((DOMAIN, "ReorderInput")) == 1 and ops.count((DOMAIN, "ReorderOutput")) == 2
+    # conv1 -> Relu -> conv2 keeps both; conv3's output is the model's. Each weight is reordered
+    # through a ReorderInput of its transpose.
+    made = {o: n for n in fast.graph.node for o in n.output}
+    reorders = [n for n in fast.graph.node if (n.domain, n.op_type) == (DOMAIN, "ReorderInput")]
+    weights = [n for n in reorders if n.input[0] in made and made[n.input[0]].op_type == "Transpose"]
+    assert len(weights) == 4 and len(reorders) - len(weights) == 1
+    assert ops.count((DOMAIN, "ReorderOutput")) == 2
     feeds = _feeds(m, np.random.default_rng(0))
     for got, want in zip(_run(m, feeds, True), _run(m, feeds, False), strict=True):
         assert got.shape == want.shape
