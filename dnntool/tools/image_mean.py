@@ -33,7 +33,7 @@ from dnntool.io.datadb import (
     shared_lmdb,
 )
 from dnntool.tools.images import decode_image, fmt_dims, image_shape
-from dnntool.tools.parallel import Team, resolve_jobs
+from dnntool.tools.parallel import Team, one_opencv_thread, resolve_jobs
 
 Progress = Callable[[int, int], None]
 
@@ -113,7 +113,7 @@ class _Sums:
 
         acc = self._pixels()
         # The sums of squares first: a pure read that brings the record into the cache. With
-        # OpenCV held to one thread (``single_threaded``), cv2.reduce's REDUCE_SUM2 gives the three
+        # OpenCV held to one thread (``one_opencv_thread``), cv2.reduce's REDUCE_SUM2 gives the three
         # in one call (5.2 against 6.5 us a record); otherwise it would start OpenCV's thread pool,
         # which spins on the other cores and leaves processes forked later hanging, so one
         # cv2.norm a plane (indexing the planes is a microsecond faster than iterating them).
@@ -324,7 +324,7 @@ def _average(dbs: list[str], counts: list[int], jobs: int | None, progress: Prog
 
     def member(team: Team, buf) -> _Sums:
         sums = total if buf is None else _Sums(shape, buf)
-        sums.reduce = True  # inside single_threaded_opencv()
+        sums.reduce = True  # inside one_opencv_thread()
 
         def tick() -> None:
             done = team.add_done(MEAN_CHUNK)
@@ -341,25 +341,13 @@ def _average(dbs: list[str], counts: list[int], jobs: int | None, progress: Prog
             sums.acc = None  # the parent reads them from buf
         return sums
 
-    with single_threaded_opencv():  # set here, before the fork: children must not reconfigure it
+    with one_opencv_thread():  # set here, before the fork: children must not reconfigure it
         parts = team.run(member)[1:]
     total.reduce = False
     for part, buf in parts:
         total.merge(part, np.frombuffer(buf, np.float32).reshape(c * h, w))
     return total
 
-
-@contextlib.contextmanager
-def single_threaded_opencv():
-    """OpenCV's parallel loops run inline meanwhile (cv2.setNumThreads(1)), restored after."""
-    import cv2
-
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(before)
 
 
 def compute_image_mean(dbs: list[str], jobs: int | None = None,

@@ -27,7 +27,7 @@ import numpy as np
 from dnntool.errors import FormatError, SourceLoc, UsageError
 from dnntool.io.datadb import LmdbWriter, StagedDb, datum_header, datum_trailer
 from dnntool.io.shards import shard_name
-from dnntool.tools.parallel import OrderedMap, resolve_jobs
+from dnntool.tools.parallel import OrderedMap, one_opencv_thread, resolve_jobs
 
 Progress = Callable[[int, int], None]
 Warn = Callable[[str], None]
@@ -427,18 +427,12 @@ def _convert_chunk(chunk: list[tuple[str, int]], buf) -> list:
 
 @contextlib.contextmanager
 def _cv2_threads_restored() -> Iterator[None]:
-    """One OpenCV thread in this process while converting, then the caller's again: in-process
-    runs (jobs 1) work like each worker, and forked workers inherit it. A forked child must not
-    change the thread count itself: once a parent has changed it and then run parallel OpenCV
-    code, ``cv2.setNumThreads`` deadlocks in the child (OpenCV 4.x pthreads pool)."""
-    import cv2
-
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(1)
+    """One OpenCV thread while converting (``one_opencv_thread``): in-process runs (jobs 1) work
+    like each worker, and forked workers inherit it."""
     try:
-        yield
+        with one_opencv_thread():
+            yield
     finally:
-        cv2.setNumThreads(before)
         _WORKER.clear()
 
 

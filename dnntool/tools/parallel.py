@@ -288,6 +288,22 @@ def _call_with_slot(func: Callable, task, token: int | None, slot: int):
             buf.release()
 
 
+@contextlib.contextmanager
+def one_opencv_thread() -> Iterator[None]:
+    """One OpenCV thread in this process meanwhile, then the caller's count again: OpenCV's
+    parallel loops run inline, and children forked meanwhile inherit it. A forked child must not
+    change the thread count itself: once a parent has changed it and then run parallel OpenCV
+    code, ``cv2.setNumThreads`` deadlocks in the child (OpenCV 4.x pthreads pool)."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
 def tune_malloc() -> None:
     """Keep freed memory in the heap (glibc): mmap threshold 32 MiB, trim threshold 64 MiB.
 
