@@ -150,7 +150,7 @@ def main() -> int:
     if args.repeat > 1:  # each round's pair, run back to back: how much the machine moved meanwhile
         print("rounds (dnntool / PyTorch it/s, ratio):")
         for name, (mine, torch_) in rounds.items():
-            pairs = [f"{m:.1f}/{t:.1f} {m / t:.2f}x" for m, t in zip(mine, torch_)] or [f"{m:.1f}" for m in mine]
+            pairs = [f"{m:.1f}/{t:.1f} {m / t:.2f}x" for m, t in zip(mine, torch_, strict=False)] or [f"{m:.1f}" for m in mine]
             print(f"  {name:<14} " + ", ".join(pairs))
     try:
         import torch  # noqa: F401

@@ -22,6 +22,8 @@ PATCH_LIMIT = 1 << 26
 
 #: "auto" (the rules below), "blocked", "split", "im2col" or "transposed": how conv_weight_grad computes dW
 DW_FORM = "auto"
+#: the split formulation's shifted copies are made per batch chunk of about this many values
+SPLIT_CHUNK = 3 << 20
 
 
 def _nchwc_block() -> int:
@@ -29,8 +31,6 @@ def _nchwc_block() -> int:
     from dnntool.onnxgraph.runtime import nchwc_block
 
     return nchwc_block()
-#: the split formulation's shifted copies are made per batch chunk of about this many values
-SPLIT_CHUNK = 3 << 20
 
 
 def conv_weight_grad(g: GraphBuilder, x: str, dy: str, xs, ys, k, s, d, p, group: int) -> str:

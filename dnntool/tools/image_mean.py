@@ -349,7 +349,6 @@ def _average(dbs: list[str], counts: list[int], jobs: int | None, progress: Prog
     return total
 
 
-
 def compute_image_mean(dbs: list[str], jobs: int | None = None,
                        progress: Progress | None = None) -> MeanResult:
     """Mean image and per-channel mean/std over every record of ``dbs`` (sums merged: the
