@@ -150,8 +150,10 @@ def main() -> int:
     if args.repeat > 1:  # each round's pair, run back to back: how much the machine moved meanwhile
         print("rounds (dnntool / PyTorch it/s, ratio):")
         for name, (mine, torch_) in rounds.items():
-            pairs = [f"{m:.1f}/{t:.1f} {m / t:.2f}x" for m, t in zip(mine, torch_, strict=False)] or [f"{m:.1f}" for m in mine]
-            print(f"  {name:<14} " + ", ".join(pairs))
+            ratios = [m / t for m, t in zip(mine, torch_, strict=False)]
+            pairs = [f"{m:.1f}/{t:.1f} {r:.2f}x" for m, t, r in zip(mine, torch_, ratios, strict=False)]
+            median = f"; median {float(np.median(ratios)):.2f}x" if ratios else ""
+            print(f"  {name:<14} " + ", ".join(pairs or [f"{m:.1f}" for m in mine]) + median)
     try:
         import torch  # noqa: F401
     except ImportError:
