@@ -73,6 +73,8 @@ class OrderedMap:
             self.token = id(self)
             _SHARED[self.token] = (mmap.mmap(-1, self.window * self.slot_bytes), self.slot_bytes)
         ctx = mp.get_context("fork" if fork else "spawn")
+        if fork:
+            _prctl()  # looked up here, inherited by the workers
         self.pool = ctx.Pool(self.jobs, _worker_init, (os.getpid(), self.initializer, self.initargs))
         return self
 
@@ -181,6 +183,8 @@ class Team:
         children: list[tuple[int, int]] = []  # (pid, read end of its result pipe)
         parent = os.getpid()
         ok = False
+        if self.jobs > 1:
+            _prctl()  # looked up here, inherited by the children
         try:
             for r in range(self.jobs - 1):
                 rd, wr = os.pipe()
@@ -330,16 +334,30 @@ def _worker_init(parent: int, initializer: Callable | None, initargs: tuple) -> 
         initializer(*initargs)
 
 
+_PRCTL: list = []  # libc's prctl, looked up once (in the parent, before it forks: see _prctl)
+
+
+def _prctl():
+    """libc's prctl, or None (not Linux). Called in the parent before forking, so that children do
+    not each import ctypes (1.4 ms in a fresh child, against 0.03 with it inherited)."""
+    if not _PRCTL:
+        fn = None
+        if os.path.exists("/proc/self"):
+            try:
+                import ctypes
+
+                fn = ctypes.CDLL(None, use_errno=True).prctl
+            except (OSError, AttributeError):
+                fn = None
+        _PRCTL.append(fn)
+    return _PRCTL[0]
+
+
 def _die_with_parent(parent: int) -> None:
     """Ask Linux to SIGKILL this worker when the parent dies (prctl PR_SET_PDEATHSIG)."""
-    if not os.path.exists("/proc/self"):
+    prctl = _prctl()
+    if prctl is None:
         return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
+    prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
