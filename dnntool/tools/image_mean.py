@@ -68,7 +68,8 @@ class _Sums:
     """Partial sums over records of one shape, in C x H x W order: per-pixel sums of uint8
     records in float32 (``cv2.accumulate``; exact integers for up to ``EXACT32`` records), flushed
     into float64 with float_data records (exact integers below 2^53); per-channel sums of squares
-    in float64 (``cv2.norm`` NORM_L2SQR per plane).
+    in float64 (one ``cv2.reduce`` REDUCE_SUM2 a record when ``reduce`` is set, i.e. while OpenCV
+    is held to one thread; else ``cv2.norm`` NORM_L2SQR per plane).
 
     ``acc`` may be a caller's buffer (a shared-memory slot the parent reads without pickling);
     it is zeroed here.

@@ -139,9 +139,10 @@ class Team:
 
     Children ignore SIGINT and die with this process; an exception in any member is raised here
     after the others are killed and reaped. After a run that succeeded, children still exiting are
-    reaped by threads (``join`` waits for them). Where processes cannot fork (Windows), this process does every
-    task. Fork with no LMDB environment or OpenCV thread pool open here: children must open their
-    own.
+    reaped by threads (``join`` waits for them). Where processes cannot fork (Windows), this process
+    does every task. LMDB environments open here are read by the children through the inherited
+    maps (``datadb.acquire_lmdb``); OpenCV's thread count must be set here before ``run``
+    (``one_opencv_thread``), never changed in a child.
     """
 
     def __init__(self, jobs: int, tasks: list, slot_bytes: int = 0):
