@@ -79,14 +79,17 @@ class _Sums:
         c, h, w = shape
         self.shape = shape
         self.n = c * h * w
+        self.rows = (c, h * w)  # a record as one row a channel (for its sums of squares)
+        self.grid = (c * h, w)  # ... and in the float32 sums' layout
         self.acc: np.ndarray | None = None  # float32, (C*H) x W
         if acc is not None:
-            self.acc = np.frombuffer(acc, np.float32, self.n).reshape(c * h, w)
+            self.acc = np.frombuffer(acc, np.float32, self.n).reshape(self.grid)
             self.acc.fill(0)
         self.pending = 0  # records in acc since its last flush into wide
         self.wide: np.ndarray | None = None  # float64, C*H*W
         self.sq = np.zeros(c, np.float64)
-        self._sqs: list = []  # per-plane sums of squares, record after record, not yet in sq
+        self._sqs: list = []  # C x 1 sums of squares (cv2.reduce), record after record, not yet in sq
+        self._norms: list = []  # the same as single floats, plane after plane (cv2.norm)
         self.reduce = False  # OpenCV is held to one thread: one cv2.reduce a record for them
         self.count = self.encoded = 0
 
@@ -102,8 +105,7 @@ class _Sums:
         if self.pending == EXACT32:
             self.flush()
         if self.acc is None:
-            c, h, w = self.shape
-            self.acc = np.zeros((c * h, w), np.float32)
+            self.acc = np.zeros(self.grid, np.float32)
         self.pending += 1
         self.count += 1
         return self.acc
@@ -119,13 +121,13 @@ class _Sums:
         # which spins on the other cores and leaves processes forked later hanging, so one
         # cv2.norm a plane (indexing the planes is a microsecond faster than iterating them).
         if self.reduce:
-            self._sqs.append(cv2.reduce(a.reshape(self.shape[0], -1), 1, cv2.REDUCE_SUM2, dtype=cv2.CV_64F))
+            self._sqs.append(cv2.reduce(a.reshape(self.rows), 1, cv2.REDUCE_SUM2, dtype=cv2.CV_64F))
         else:
             planes = a.reshape(self.shape)
-            append, norm, l2 = self._sqs.append, cv2.norm, cv2.NORM_L2SQR
+            append, norm, l2 = self._norms.append, cv2.norm, cv2.NORM_L2SQR
             for i in range(self.shape[0]):
                 append(norm(planes[i], l2))
-        cv2.accumulate(a.reshape(acc.shape), acc)
+        cv2.accumulate(a.reshape(self.grid), acc)
 
     def add_image(self, img: np.ndarray) -> None:
         """One decoded record: H x W (x C) uint8, added plane by plane."""
@@ -142,23 +144,31 @@ class _Sums:
         if self.wide is None:
             self.wide = np.zeros(self.n, np.float64)
         self.wide += x
-        p = x.reshape(self.shape[0], -1)
+        p = x.reshape(self.rows)
         self.sq += np.einsum("ij,ij->i", p, p)
         self.count += 1
 
     def flush(self) -> None:
         """Move the float32 sums into float64 before they could round."""
         if self.pending:
-            if self.wide is None:
-                self.wide = np.zeros(self.n, np.float64)
-            self.wide += self.acc.reshape(-1)
+            self._widen()
             self.acc.fill(0)
-            self.pending = 0
+
+    def _widen(self) -> None:
+        if self.wide is None:
+            self.wide = self.acc.astype(np.float64).reshape(-1)
+        else:
+            self.wide += self.acc.reshape(-1)
+        self.pending = 0
 
     def finish(self) -> _Sums:
-        if self._sqs:
-            self.sq += np.concatenate([np.ravel(v) for v in self._sqs]).reshape(-1, self.shape[0]).sum(axis=0)
+        """Add up the sums of squares kept record by record (integers: exact in any order)."""
+        if self._sqs:  # one concatenation: 0.3 ms for 2,500 records against 1.4 for ravel-and-join
+            self.sq += np.concatenate(self._sqs, axis=1).sum(axis=1)
             self._sqs = []
+        if self._norms:
+            self.sq += np.reshape(self._norms, (-1, self.shape[0])).sum(axis=0)
+            self._norms = []
         return self
 
     def merge(self, other: _Sums, acc: np.ndarray | None = None) -> None:
@@ -180,7 +190,12 @@ class _Sums:
         self.encoded += other.encoded
 
     def total(self) -> np.ndarray:
-        self.finish().flush()
+        """The float64 per-pixel sums, C x H x W (the float32 ones moved in, without zeroing
+        them for more records: they are let go)."""
+        self.finish()
+        if self.pending:
+            self._widen()
+            self.acc = None
         return self.wide.reshape(self.shape)
 
 
@@ -249,7 +264,7 @@ def _scan(task, sums: _Sums, tick: Callable[[], None] | None = None) -> None:
     k = len(head)
     plain: set[bytes] = set()  # what follows the payload in records that hold nothing else
     end = k + n
-    add = sums.add_pixels
+    add, frombuffer = sums.add_pixels, np.frombuffer
     with _reader(db).begin(buffers=True) as txn:
         cur = txn.cursor()
         if not (cur.first() if start is None else cur.set_range(start)):
@@ -257,13 +272,15 @@ def _scan(task, sums: _Sums, tick: Callable[[], None] | None = None) -> None:
         for key, value in cur:  # from the cursor's place on
             if stop is not None and bytes(key) >= stop:
                 break
-            tail = bytes(value[end:]) if len(value) >= end and value[:k] == head else None
-            if tail is not None and tail not in plain and datum_view(tail) == (0, 0, 0, 0, 0, False):
-                plain.add(tail)  # label and encoded=false only
-            if tail in plain:
-                add(np.frombuffer(value, np.uint8, n, k))  # fast path: no parsing
+            if len(value) >= end and value[:k] == head and bytes(value[end:]) in plain:
+                add(frombuffer(value, np.uint8, n, k))  # fast path: no parsing
             else:
-                _add_record(sums, value, bytes(key), db, ref_key)
+                tail = bytes(value[end:]) if len(value) >= end and value[:k] == head else None
+                if tail is not None and datum_view(tail) == (0, 0, 0, 0, 0, False):
+                    plain.add(tail)  # label and encoded=false only
+                    add(frombuffer(value, np.uint8, n, k))
+                else:
+                    _add_record(sums, value, bytes(key), db, ref_key)
             if tick is not None and sums.count % MEAN_CHUNK == 0:
                 tick()
 
@@ -375,10 +392,10 @@ def compute_image_mean(dbs: list[str], jobs: int | None = None,
     if progress is not None:
         progress(total.count, sum(counts))
     shape = total.shape
-    sums = total.total()
-    mean = sums / total.count
+    mean = total.total()
     pixels = total.count * shape[1] * shape[2]
-    ch_mean = sums.reshape(shape[0], -1).sum(axis=1) / pixels
+    ch_mean = mean.reshape(shape[0], -1).sum(axis=1) / pixels
+    mean /= total.count  # in place: the sums are not needed again
     ch_std = np.sqrt(np.maximum(total.sq / pixels - ch_mean ** 2, 0.0))
     return MeanResult(dbs, total.count, shape, mean, ch_mean, ch_std, total.encoded,
                       time.perf_counter() - t0)
