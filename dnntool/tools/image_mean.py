@@ -41,6 +41,7 @@ MEAN_CHUNK = 256  # records between progress updates in this process
 MIN_TASK = 64  # records in the shortest key range a member takes at once (the last ones)
 MAX_CHUNK = 4096  # records in the longest
 EXACT32 = 65793  # records whose uint8 sums float32 holds exactly: 255 * 65793 < 2**24
+SQ_PART = 66051  # pixels whose uint8 squares sum below 2**32: 65025 * 66051 < 2**32
 
 
 @dataclass
@@ -67,9 +68,13 @@ class MeanResult:
 class _Sums:
     """Partial sums over records of one shape, in C x H x W order: per-pixel sums of uint8
     records in float32 (``cv2.accumulate``; exact integers for up to ``EXACT32`` records), flushed
-    into float64 with float_data records (exact integers below 2^53); per-channel sums of squares
-    in float64 (one ``cv2.reduce`` REDUCE_SUM2 a record when ``reduce`` is set, i.e. while OpenCV
-    is held to one thread; else ``cv2.norm`` NORM_L2SQR per plane).
+    into float64 with float_data records (exact integers below 2^53); per-channel sums of squares,
+    exact integers in float64: one ``cv2.reduce`` REDUCE_SUM2 a record over its C planes as rows.
+    OpenCV sums a row's uint8 squares in int32, which wraps past 2^31 (a bright 227 x 227 plane
+    reaches 3.4e9), but stays congruent modulo 2^32; a row of at most ``SQ_PART`` pixels sums
+    below 2^32, so the value modulo 2^32 is the sum. Larger planes are cut into such rows.
+    (``cv2.norm`` NORM_L2SQR does not wrap but squares a square root: off by an ulp, so the totals
+    could differ in the last bit between ``--jobs`` counts, and it is 1.2 us a record slower.)
 
     ``acc`` may be a caller's buffer (a shared-memory slot the parent reads without pickling);
     it is zeroed here.
@@ -79,7 +84,7 @@ class _Sums:
         c, h, w = shape
         self.shape = shape
         self.n = c * h * w
-        self.rows = (c, h * w)  # a record as one row a channel (for its sums of squares)
+        self.rows = (c, h * w)  # a record as one row a channel
         self.grid = (c * h, w)  # ... and in the float32 sums' layout
         self.acc: np.ndarray | None = None  # float32, (C*H) x W
         if acc is not None:
@@ -88,9 +93,9 @@ class _Sums:
         self.pending = 0  # records in acc since its last flush into wide
         self.wide: np.ndarray | None = None  # float64, C*H*W
         self.sq = np.zeros(c, np.float64)
-        self._sqs: list = []  # C x 1 sums of squares (cv2.reduce), record after record, not yet in sq
-        self._norms: list = []  # the same as single floats, plane after plane (cv2.norm)
-        self.reduce = False  # OpenCV is held to one thread: one cv2.reduce a record for them
+        p = h * w
+        self._cuts = [(i, min(i + SQ_PART, p)) for i in range(0, p, SQ_PART)]
+        self._sqs: list = []  # C x 1 sums of squares modulo 2^32, part after part, not yet in sq
         self.count = self.encoded = 0
 
     def check(self, shape, key: bytes, db: str, ref_key: bytes) -> None:
@@ -115,19 +120,19 @@ class _Sums:
         import cv2
 
         acc = self._pixels()
-        # The sums of squares first: a pure read that brings the record into the cache. With
-        # OpenCV held to one thread (``one_opencv_thread``), cv2.reduce's REDUCE_SUM2 gives the three
-        # in one call (5.2 against 6.5 us a record); otherwise it would start OpenCV's thread pool,
-        # which spins on the other cores and leaves processes forked later hanging, so one
-        # cv2.norm a plane (indexing the planes is a microsecond faster than iterating them).
-        if self.reduce:
-            self._sqs.append(cv2.reduce(a.reshape(self.rows), 1, cv2.REDUCE_SUM2, dtype=cv2.CV_64F))
-        else:
-            planes = a.reshape(self.shape)
-            append, norm, l2 = self._norms.append, cv2.norm, cv2.NORM_L2SQR
-            for i in range(self.shape[0]):
-                append(norm(planes[i], l2))
+        # The sums of squares first: a pure read that brings the record into the cache.
+        self._squares(a.reshape(self.rows))
         cv2.accumulate(a.reshape(self.grid), acc)
+
+    def _squares(self, planes: np.ndarray) -> None:
+        """Keep the sums of squares of ``planes`` (C x H*W uint8), modulo 2^32 (see the class notes)."""
+        import cv2
+
+        if len(self._cuts) == 1:
+            self._sqs.append(cv2.reduce(planes, 1, cv2.REDUCE_SUM2, dtype=cv2.CV_64F))
+        else:
+            for i, j in self._cuts:
+                self._sqs.append(cv2.reduce(planes[:, i:j], 1, cv2.REDUCE_SUM2, dtype=cv2.CV_64F))
 
     def add_image(self, img: np.ndarray) -> None:
         """One decoded record: H x W (x C) uint8, added plane by plane."""
@@ -135,8 +140,9 @@ class _Sums:
 
         h = self.shape[1]
         acc = self._pixels()
-        for ch, plane in enumerate(cv2.split(img) if img.ndim == 3 else [img]):
-            self.sq[ch] += cv2.norm(plane, cv2.NORM_L2SQR)
+        planes = cv2.split(img) if img.ndim == 3 else [img]
+        self._squares(np.stack(planes).reshape(self.rows))
+        for ch, plane in enumerate(planes):
             cv2.accumulate(plane, acc[ch * h:(ch + 1) * h])
         self.encoded += 1
 
@@ -164,11 +170,8 @@ class _Sums:
     def finish(self) -> _Sums:
         """Add up the sums of squares kept record by record (integers: exact in any order)."""
         if self._sqs:  # one concatenation: 0.3 ms for 2,500 records against 1.4 for ravel-and-join
-            self.sq += np.concatenate(self._sqs, axis=1).sum(axis=1)
+            self.sq += (np.concatenate(self._sqs, axis=1) % 2.0**32).sum(axis=1)
             self._sqs = []
-        if self._norms:
-            self.sq += np.reshape(self._norms, (-1, self.shape[0])).sum(axis=0)
-            self._norms = []
         return self
 
     def merge(self, other: _Sums, acc: np.ndarray | None = None) -> None:
@@ -342,7 +345,6 @@ def _average(dbs: list[str], counts: list[int], jobs: int | None, progress: Prog
 
     def member(team: Team, buf) -> _Sums:
         sums = total if buf is None else _Sums(shape, buf)
-        sums.reduce = True  # inside one_opencv_thread()
 
         def tick() -> None:
             done = team.add_done(MEAN_CHUNK)
@@ -361,7 +363,6 @@ def _average(dbs: list[str], counts: list[int], jobs: int | None, progress: Prog
 
     with one_opencv_thread():  # set here, before the fork: children must not reconfigure it
         parts = team.run(member)[1:]
-    total.reduce = False
     for part, buf in parts:
         total.merge(part, np.frombuffer(buf, np.float32).reshape(c * h, w))
     return total

@@ -555,6 +555,35 @@ def test_mean_exact_over_many_records(tmp_path):
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
+@pytest.mark.parametrize("hw,encoded", [((227, 227), False), ((227, 227), True), ((300, 260), False)])
+def test_mean_sums_of_squares_of_bright_large_planes(tmp_path, jobs, hw, encoded):
+    # A 227 x 227 plane of values near 255 has a sum of squares near 3.4e9, past int32, where
+    # OpenCV's cv2.reduce(REDUCE_SUM2) wraps (the std came out 0 for bright photos); 300 x 260 is
+    # past SQ_PART pixels, so its planes are cut. The sums of squares are exact integers.
+    h, w = hw
+    rng = np.random.default_rng(5)
+    x = rng.integers(200, 256, (12, 3, h, w), dtype=np.uint8)
+    x[3] = 255
+    x[7, 1] = 0
+    db = LmdbWriter(tmp_path / "bright")
+    for i, a in enumerate(x):
+        if encoded:
+            d = caffe_pb2.Datum(channels=3, height=h, width=w, encoded=True, label=i % 2,
+                                data=cv2.imencode(".png", a.transpose(1, 2, 0))[1].tobytes())
+        else:
+            d = caffe_pb2.Datum(channels=3, height=h, width=w, label=i % 2, data=a.tobytes())
+        db.put(f"{i:08d}".encode(), d.SerializeToString())
+    db.close()
+    r = compute_image_mean([tmp_path / "bright"], jobs=jobs)
+    check_mean(r, x.astype(np.float64))
+    planes = x.astype(np.float64).transpose(1, 0, 2, 3).reshape(3, -1)
+    pixels = planes.shape[1]
+    assert (x[0].astype(np.float64) ** 2).reshape(3, -1).sum(axis=1).min() > 2 ** 31
+    assert np.array_equal(r.channel_std, np.sqrt(np.maximum(
+        (planes ** 2).sum(axis=1) / pixels - (planes.sum(axis=1) / pixels) ** 2, 0)))
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
 def test_mean_float32_sums_flushed_before_they_round(tmp_path, monkeypatch, jobs):
     # float32 holds 255 * 65,793 exactly; with the limit at 7 records the flushes (within a task
     # and when merging tasks) run often. Raw, PNG and float_data records share the sums.
