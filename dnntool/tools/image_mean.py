@@ -364,7 +364,9 @@ def _average(dbs: list[str], counts: list[int], jobs: int | None, progress: Prog
             sums.acc = None  # the parent reads them from buf
         return sums
 
-    with one_opencv_thread():  # set here, before the fork: children must not reconfigure it
+    # OpenCV held to one thread, set here before the fork (children must not reconfigure it):
+    # cv2.reduce would otherwise start OpenCV's thread pool, which spins on the other cores.
+    with one_opencv_thread():
         parts = team.run(member)[1:]
     for part, buf in parts:
         total.merge(part, np.frombuffer(buf, np.float32).reshape(c * h, w))
