@@ -1,8 +1,11 @@
-"""``dnntool compute-image-mean`` through the CLI: mean_value lines, --json, --npy, several DBs, errors."""
+"""``dnntool compute-image-mean`` through the CLI: mean_value lines, --json, --npy, several DBs, errors,
+the progress bar."""
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +91,38 @@ def test_errors(tmp_path, dbs):
         " --resize-height/--resize-width)\n")
     assert not (tmp_path / "m.binaryproto").exists()
     assert run("compute-image-mean").exit_code == 2
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_progress_bar_counts_every_record(tmp_path, monkeypatch, jobs):
+    # The bar the command draws on a terminal: records done out of all (the whole team's count
+    # with --jobs 2, drawn by this process), rising to the total, with a rate.
+    from dnntool.cli._progress import progress_bar
+    from dnntool.tools import image_mean
+    from dnntool.tools.image_mean import compute_image_mean
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(image_mean, "MEAN_CHUNK", 16)
+    monkeypatch.setattr(image_mean, "MIN_TASK", 16)
+    w = LmdbWriter(tmp_path / "db")
+    for i in range(300):
+        w.put(f"{i:08d}".encode(), caffe_pb2.Datum(channels=1, height=2, width=3, label=0,
+                                                   data=bytes([i % 256] * 6)).SerializeToString())
+    w.close()
+    calls = []
+    err = Tty()
+    monkeypatch.setattr(sys, "stderr", err)
+    with progress_bar("averaging", unit="rec") as bar:
+        def progress(done, total):
+            calls.append((done, total))
+            bar(done, total)
+
+        result = compute_image_mean([tmp_path / "db"], jobs=jobs, progress=progress)
+    assert result.count == 300 and calls[-1] == (300, 300) and len(calls) > 2
+    assert all(t == 300 and 0 < d <= 300 for d, t in calls)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    out = err.getvalue()
+    assert "averaging" in out and "300/300" in out and "rec/s" in out
