@@ -523,6 +523,14 @@ def _write_plan(root: str, listfile, plan: list, stages: list[StagedDb], opts: C
                 summary: ConvertSummary, progress: Progress | None, warn: Warn | None) -> None:
     jobs = min(resolve_jobs(opts.jobs), max(1, len(plan) // 4))
     sizing = {"chunk": 4, "bytes": 0, "records": 0}
+    # Raw records of one size: the chunks are known now, the same for every --jobs, so each
+    # chunk's records are written straight from its shared slot and committed before the slot is
+    # reused (the commit points, and with them the file's bytes, follow the list alone). Other
+    # records vary in size: the chunks adapt as results come back, so each record is copied out.
+    fixed = opts.resize and not opts.is_encoded
+    if fixed:
+        size = (1 if opts.gray else 3) * opts.resize_height * opts.resize_width + 32
+        sizing["chunk"] = _chunk_records(size)
     spans: deque[tuple[int, int]] = deque()
 
     def tasks() -> Iterator[list[tuple[str, int]]]:
@@ -542,13 +550,15 @@ def _write_plan(root: str, listfile, plan: list, stages: list[StagedDb], opts: C
             for results, buf in pool.map(tasks()):
                 i, j = spans.popleft()
                 for (dest, idx, e), r in zip(plan[i:j], results, strict=True):
-                    _store(root, listfile, dest, idx, e, r, buf, writers, opts, summary, state, warn)
+                    _store(root, listfile, dest, idx, e, r, buf, not fixed, writers, opts, summary, state, warn)
                     if r[0] is not None:
                         sizing["bytes"] += r[0][1] if isinstance(r[0], tuple) else len(r[0])
                         sizing["records"] += 1
-                if sizing["records"]:
-                    per = sizing["bytes"] / sizing["records"]
-                    sizing["chunk"] = int(min(64, max(1, 0.75 * SLOT_BYTES // per)))
+                if fixed:
+                    for w in writers:
+                        w.commit()
+                elif sizing["records"]:
+                    sizing["chunk"] = _chunk_records(sizing["bytes"] / sizing["records"])
                 if progress is not None:
                     progress(j, len(plan))
             for w in writers:
@@ -560,9 +570,16 @@ def _write_plan(root: str, listfile, plan: list, stages: list[StagedDb], opts: C
             raise
 
 
-def _store(root: str, listfile, dest: int, idx: int, e: ListEntry, r, buf, writers, opts: ConvertOptions,
-           summary: ConvertSummary, state: dict, warn: Warn | None) -> None:
-    """Write one worker result to its database (or record the skip)."""
+def _chunk_records(record_bytes: float) -> int:
+    """Records a task takes: about 3/4 of a shared slot, 64 at most."""
+    return int(min(64, max(1, 0.75 * SLOT_BYTES // record_bytes)))
+
+
+def _store(root: str, listfile, dest: int, idx: int, e: ListEntry, r, buf, copy: bool, writers,
+           opts: ConvertOptions, summary: ConvertSummary, state: dict, warn: Warn | None) -> None:
+    """Write one worker result to its database (or record the skip). A record in the shared
+    buffer ``buf`` is written from it as it is, or, with ``copy``, copied out first (the writer may
+    keep it uncommitted after ``buf`` is reused)."""
     import lmdb
 
     def where() -> tuple[SourceLoc, str]:
@@ -580,7 +597,7 @@ def _store(root: str, listfile, dest: int, idx: int, e: ListEntry, r, buf, write
     value, shape = r
     if isinstance(value, tuple):
         off, size = value
-        value = bytes(buf[off:off + size])  # the slot is reused once we move on
+        value = bytes(buf[off:off + size]) if copy else buf[off:off + size]
     state["ref"] = ref = state["ref"] or shape
     if opts.check_size and shape != ref:
         loc, file = where()
