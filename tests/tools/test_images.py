@@ -393,6 +393,23 @@ def test_shards_overwrite_and_atomicity(tmp_path, photos_dir):
         convert_images(root, listfile, tmp_path / "x", ConvertOptions(shards=30))
 
 
+def test_shards_of_another_count_are_named_not_removed(tmp_path, photos_dir):
+    # A 2-shard run after a 3-shard one: the old set stays (DB@3 still reads it), and the
+    # conversion says so once per set, naming its first shard.
+    root, listfile, _ = photos_dir
+    opts = {"resize_height": 8, "resize_width": 8}
+    convert_images(root, listfile, tmp_path / "db", ConvertOptions(shards=3, **opts))
+    notes = []
+    convert_images(root, listfile, tmp_path / "db", ConvertOptions(shards=2, **opts), warn=notes.append)
+    assert notes == [f"{tmp_path / 'db-00000-of-00003'} ...: 3 shard(s) of an earlier 3-shard run are still"
+                     f" there (read as {tmp_path / 'db'}@3; not replaced, not read by {tmp_path / 'db'}@2)"]
+    assert len(list(tmp_path.glob("db-*-of-00003"))) == 3 and len(list(tmp_path.glob("db-*-of-00002"))) == 2
+    notes.clear()
+    convert_images(root, listfile, tmp_path / "db", ConvertOptions(shards=2, overwrite=True, **opts),
+                   warn=notes.append)
+    assert len(notes) == 1 and "3-shard" in notes[0]
+
+
 def test_shards_with_a_validation_split(tmp_path):
     digits_by_class(tmp_path / "digits", per_class=6)
     opts = {"val_split": 0.5, "seed": 1, "gray": True, "shuffle": True, "shards": 2}
