@@ -249,6 +249,28 @@ def test_db_bytes_identical_for_every_jobs_and_run(tmp_path):
     assert all(b == blobs[0] for b in blobs[1:])
 
 
+@pytest.mark.parametrize("opts", [{"encoded": True}, {}, {"resize_height": 20, "resize_width": 20}],
+                         ids=["encoded", "raw-own-sizes", "raw-one-size"])
+def test_db_bytes_identical_for_every_jobs_when_the_map_grows(tmp_path, opts, monkeypatch):
+    # A 16 KiB map grows many times, and each growth replays the uncommitted records: those of
+    # one size straight from the workers' shared slot (committed before it is reused), the others
+    # from copies (their batches adapt as results come back). Small slots make batches many.
+    import functools
+
+    from dnntool.tools import images
+
+    monkeypatch.setattr(images, "SLOT_BYTES", 4096)
+    monkeypatch.setattr(images, "LmdbWriter", functools.partial(LmdbWriter, map_size=1 << 14))
+    items = write_crops(tmp_path / "im", 40, ext=".jpg", seed=2, sizes=[(12 + k, 14 + 2 * k) for k in range(5)])
+    listfile = write_list(tmp_path / "l.txt", items)
+    blobs = []
+    for run, jobs in enumerate((1, 2, 3)):
+        s = convert_images(tmp_path / "im", listfile, tmp_path / f"db{run}", ConvertOptions(jobs=jobs, **opts))
+        assert s.written == 40
+        blobs.append((tmp_path / f"db{run}" / "data.mdb").read_bytes())
+    assert blobs[1] == blobs[0] and blobs[2] == blobs[0]
+
+
 def test_shuffle_changes_order_not_content(tmp_path, photos_dir):
     root, listfile, items = photos_dir
     convert_images(root, listfile, tmp_path / "a", ConvertOptions(shuffle=True, seed=1))
