@@ -9,9 +9,11 @@ specs themselves. A path that exists as written is always one database, so a nam
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 from dnntool.errors import FormatError
 
@@ -22,6 +24,20 @@ def shard_name(db: str | os.PathLike[str], index: int, count: int) -> str:
     """``DB-00002-of-00004``: shard ``index`` (0-based) of ``count``."""
     base = os.fspath(db)
     return f"{base.rstrip('/') or base}-{index:05d}-of-{count:05d}"
+
+
+def shard_sets(db: str | os.PathLike[str]) -> dict[int, list[str]]:
+    """The shard databases of ``db`` found beside it (``DB-0000i-of-0000K`` holding a data.mdb),
+    by shard count K, each list sorted."""
+    base = Path(os.fspath(db).rstrip("/") or os.fspath(db))
+    pattern = re.compile(re.escape(base.name) + r"-(\d{5,})-of-(\d{5,})")
+    found: dict[int, list[str]] = {}
+    with contextlib.suppress(OSError):
+        for p in sorted(base.parent.iterdir()):
+            m = pattern.fullmatch(p.name)
+            if m and (p / "data.mdb").exists():
+                found.setdefault(int(m[2]), []).append(str(p))
+    return found
 
 
 def source_paths(source: str | os.PathLike[str], exists: Callable[[str], bool] = os.path.exists) -> list[str]:

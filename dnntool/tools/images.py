@@ -26,7 +26,7 @@ import numpy as np
 
 from dnntool.errors import FormatError, SourceLoc, UsageError
 from dnntool.io.datadb import LmdbWriter, StagedDb, datum_header, datum_trailer
-from dnntool.io.shards import shard_name
+from dnntool.io.shards import shard_name, shard_sets
 from dnntool.tools.parallel import OrderedMap, one_opencv_thread, resolve_jobs
 
 Progress = Callable[[int, int], None]
@@ -483,27 +483,14 @@ def convert_images(root: str | os.PathLike[str], listfile: str | os.PathLike[str
         write_text(labels_path, labels_text)
         summary.labels = str(labels_path)
     if opts.shards and warn is not None:
-        for count, names in _other_shard_sets(str(db), opts.shards).items():
+        for count, names in shard_sets(db).items():
+            if count == opts.shards:
+                continue
             warn(f"{names[0]}{' ...' if len(names) > 1 else ''}: {len(names)} shard(s) of an earlier"
                  f" {count}-shard run are still there (read as {db}@{count}; not replaced, not read"
                  f" by {db}@{opts.shards})")
     summary.seconds = time.perf_counter() - t0
     return summary
-
-
-def _other_shard_sets(db: str, count: int) -> dict[int, list[str]]:
-    """Shard databases of ``db`` beside it from runs with another shard count: {count: names}."""
-    import re
-
-    base = Path(db)
-    pattern = re.compile(re.escape(base.name) + r"-(\d{5,})-of-(\d{5,})")
-    found: dict[int, list[str]] = {}
-    with contextlib.suppress(OSError):
-        for p in sorted(base.parent.iterdir()):
-            m = pattern.fullmatch(p.name)
-            if m and int(m[2]) != count and (p / "data.mdb").exists():
-                found.setdefault(int(m[2]), []).append(str(p))
-    return found
 
 
 def _targets(db: str, train: list[ListEntry], val: list[ListEntry],
