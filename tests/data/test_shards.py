@@ -17,7 +17,7 @@ from dnntool.data.sources import Interleave, LmdbSource
 from dnntool.errors import FormatError, NeedsInputShape
 from dnntool.io.caffemodel import save_caffemodel
 from dnntool.io.prototxt import read_net
-from dnntool.io.shards import shard_name, source_paths
+from dnntool.io.shards import shard_name, shard_sets, source_paths
 from dnntool.net import Net
 from tests.data.digits import (
     centroid_weights,
@@ -58,6 +58,19 @@ def test_interleave_is_round_robin_skipping_finished_databases(sizes):
     order = Interleave(sizes)
     brute = [(s, r) for r in range(max(sizes)) for s, n in enumerate(sizes) if r < n]
     assert [order.locate(p) for p in range(2 * sum(sizes))] == brute + brute  # positions wrap
+
+
+def test_shard_sets_beside_a_db(tmp_path):
+    # Only directories named as shards of this DB that hold a data.mdb, grouped by count.
+    for name in ("db-00000-of-00002", "db-00001-of-00002", "db-00000-of-00003", "db-00001-of-00003",
+                 "dbx-00000-of-00002", "db-0-of-2", "db"):
+        (tmp_path / name).mkdir()
+        if name != "db-00001-of-00003":
+            (tmp_path / name / "data.mdb").write_bytes(b"")
+    assert shard_sets(tmp_path / "db") == {
+        2: [str(tmp_path / "db-00000-of-00002"), str(tmp_path / "db-00001-of-00002")],
+        3: [str(tmp_path / "db-00000-of-00003")]}
+    assert shard_sets(tmp_path / "missing" / "db") == {}
 
 
 def test_shards_read_round_robin_give_the_unsharded_order(dbs):
