@@ -280,15 +280,13 @@ def _scan(task, sums: _Sums, tick: Callable[[], None] | None = None) -> None:
         for key, value in cur:  # from the cursor's place on
             if stop is not None and bytes(key) >= stop:
                 break
-            if len(value) >= end and value[:k] == head and bytes(value[end:]) in plain:
+            tail = bytes(value[end:]) if len(value) >= end and value[:k] == head else None
+            if tail is not None and tail not in plain and datum_view(tail) == (0, 0, 0, 0, 0, False):
+                plain.add(tail)  # label and encoded=false only
+            if tail in plain:
                 add(frombuffer(value, np.uint8, n, k))  # fast path: no parsing
             else:
-                tail = bytes(value[end:]) if len(value) >= end and value[:k] == head else None
-                if tail is not None and datum_view(tail) == (0, 0, 0, 0, 0, False):
-                    plain.add(tail)  # label and encoded=false only
-                    add(frombuffer(value, np.uint8, n, k))
-                else:
-                    _add_record(sums, value, bytes(key), db, ref_key)
+                _add_record(sums, value, bytes(key), db, ref_key)
             if tick is not None and sums.count % MEAN_CHUNK == 0:
                 tick()
 
